@@ -1,0 +1,143 @@
+"""The ``rawgpu`` command: ``rawgpu info`` and ``rawgpu train``.
+
+Every failure a user can cause (bad flags, bad data, no GPU, a checkpoint of another network)
+ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+DATASETS = ("mnist", "fashion-mnist", "sample")
+DEVICES = ("auto", "cuda", "sim", "numpy")
+
+
+def _number(kind, *, minimum, inclusive=True):
+    """An argparse type: a finite number of ``kind`` above (or at) ``minimum``."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < minimum or (not inclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>=' if inclusive else '>'} {minimum}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rawgpu", description="Train a two-layer network with Numba CUDA kernels you can read.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("info", help="the engine rawgpu would pick and why, the GPU, and package versions")
+
+    t = sub.add_parser("train", help="train the two-layer network (784-128-10 by default)")
+    data = t.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, help="default: mnist where cached or downloadable, else the bundled sample")
+    data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz)")
+    t.add_argument("--device", choices=DEVICES, default=None, help="engine (default: RAWGPU_DEVICE, else auto)")
+    hp = t.add_argument_group("hyperparameters")
+    hp.add_argument("--epochs", type=_number(int, minimum=1), default=5)
+    hp.add_argument("--batch-size", type=_number(int, minimum=1), default=128)
+    hp.add_argument("--lr", type=_number(float, minimum=0.0, inclusive=False), default=0.01)
+    hp.add_argument("--momentum", type=_number(float, minimum=0.0), default=0.9)
+    hp.add_argument("--weight-decay", type=_number(float, minimum=0.0), default=0.0)
+    hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    hp.add_argument("--hidden", type=_number(int, minimum=1), default=128, help="hidden units")
+    hp.add_argument("--seed", type=_number(int, minimum=0), default=0)
+    out = t.add_argument_group("outputs")
+    out.add_argument("--metrics", metavar="FILE", help="JSON lines, one record per epoch")
+    out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch")
+    out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    out.add_argument("--plot", metavar="FILE", help="a PNG of the loss and accuracy curves (needs the plot extra)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _load_data(args, log):
+    from rawgpu import data
+
+    if args.data_dir is not None:
+        name = args.dataset or "custom"
+        return data.load(name, data_dir=args.data_dir)
+    if args.dataset is not None:
+        return data.load(args.dataset)
+    try:
+        return data.load("mnist")
+    except data.DataError as exc:
+        log(f"MNIST is not available ({exc}); training on the bundled Fashion-MNIST sample instead")
+        return data.load("sample")
+
+
+def _train(args) -> int:
+    import rawgpu
+    from rawgpu.train import TrainConfig, check_writable, train
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, nesterov=args.nesterov, hidden=args.hidden, seed=args.seed,
+    )
+    config.validate()
+    check_writable(args.metrics, "--metrics")
+    check_writable(args.plot, "--plot")
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir (the folder holding the checkpoint)")
+    if args.plot:
+        from rawgpu.plot import require_matplotlib
+
+        require_matplotlib()
+    eng = rawgpu.use(args.device) if args.device else rawgpu.current()
+    dataset = _load_data(args, log)
+    log(f"data: {dataset.source}")
+    log(
+        f"engine: {eng.name} ({eng.reason}); network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}, "
+        f"{len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
+        f"SGD lr {config.lr:g} momentum {config.momentum:g}, batch {config.batch_size}, {config.epochs} epochs"
+    )
+    records = train(
+        dataset, config, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume, progress=not args.no_progress, log=log,
+    )
+    if records:
+        last = records[-1]
+        print(f"final test accuracy {last['test_accuracy']:.4f} (test loss {last['test_loss']:.4f}) after epoch {last['epoch']}")
+    if args.plot:
+        from rawgpu.plot import plot_metrics
+
+        plot_metrics(args.metrics, records, args.plot)
+        log(f"plot written to {args.plot}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from rawgpu.checkpoint import CheckpointError
+    from rawgpu.engine import EngineError
+    from rawgpu.train import TrainingError
+
+    try:
+        if args.command == "info":
+            from rawgpu.info import report
+
+            print(report())
+            return 0
+        return _train(args)
+    except KeyboardInterrupt:
+        print("rawgpu: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
+        # DataError and CheckpointError are ValueErrors; their messages already name the file.
+        print(f"rawgpu: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""SGD with momentum, through the ``sgd_momentum_`` op (PyTorch's ``torch.optim.SGD`` rule)."""
+
+from __future__ import annotations
+
+from rawgpu import ops
+from rawgpu.model import PARAM_NAMES
+
+
+class SGD:
+    """Stochastic gradient descent with momentum, weight decay and optional Nesterov momentum.
+
+    For each parameter ``p`` with gradient ``g`` and velocity ``v`` (zero at the start)::
+
+        g = g + weight_decay * p
+        v = momentum * v + g
+        p = p - lr * (g + momentum * v)   if nesterov
+        p = p - lr * v                    otherwise
+
+    which is exactly ``torch.optim.SGD`` with ``dampening=0`` (PyTorch's first step sets
+    ``v = g``, the same as ``momentum * 0 + g``).
+    """
+
+    def __init__(self, model, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
+        # The op checks these again at every step; checking here turns a bad value into an error
+        # at construction, before any training time is spent.
+        ops._hyper("lr", lr, positive=True)
+        ops._hyper("momentum", momentum)
+        ops._hyper("weight_decay", weight_decay)
+        if nesterov and float(momentum) == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.model = model
+        self.lr, self.momentum, self.weight_decay, self.nesterov = float(lr), float(momentum), float(weight_decay), bool(nesterov)
+        self.velocity = {name: model.engine.zeros(model.params[name].shape) for name in PARAM_NAMES}
+
+    def step(self) -> None:
+        """Update every parameter in place from ``model.grads``."""
+        for name in PARAM_NAMES:
+            ops.sgd_momentum_(
+                self.model.params[name], self.model.grads[name], self.velocity[name],
+                lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
+            )
+
+    def state_dict(self) -> dict:
+        """The velocities as NumPy copies, under the parameters' names."""
+        return {name: self.model.engine.to_host(v).copy() for name, v in self.velocity.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in PARAM_NAMES:
+            want = tuple(self.velocity[name].shape)
+            if name not in state or tuple(state[name].shape) != want:
+                raise ValueError(f"optimizer state for {name} is missing or not of shape {want}")
+            self.velocity[name][...] = self.model.engine.asarray(state[name])

@@ -1,0 +1,55 @@
+"""PNG plots of a training run (needs the ``plot`` extra: matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+
+def require_matplotlib():
+    """Import matplotlib with a headless backend, or explain how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'rawgpu[plot]'") from None
+    return plt
+
+
+def save_figure(fig, path) -> None:
+    """Write a figure atomically (temporary file, then rename), so no half-written PNG is left."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plot_metrics(metrics_path, records, path) -> None:
+    """Loss and accuracy per epoch; reads the whole metrics file when there is one (resumed runs)."""
+    plt = require_matplotlib()
+    if metrics_path and os.path.exists(metrics_path):
+        with open(metrics_path) as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    ax_loss.plot(epochs, [r["test_loss"] for r in records], "s-", label="test")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r["test_accuracy"] for r in records], "s-", color="C1")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

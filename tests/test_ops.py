@@ -1,0 +1,216 @@
+"""rawgpu.ops on every engine against float64 NumPy references.
+
+Each test runs on the NumPy engine and on this process's kernel engine (the simulator without a
+GPU, at small odd shapes; the real GPU where there is one, at large odd shapes). Outputs are
+poisoned with NaN first, so an element a kernel forgets to write fails the test.
+"""
+
+import numpy as np
+import pytest
+from conftest import KERNEL_ENGINE
+from helpers import assert_close, poisoned
+
+import rawgpu
+from rawgpu import ops
+
+ON_GPU = KERNEL_ENGINE == "cuda"
+# (M, N, K): 1x1x1, and shapes that are not multiples of any tile (the sim engine uses 4x4 tiles
+# and 8x8 register blocks; the GPU defaults are 16 to 64).
+MATMUL_SHAPES = [(1, 1, 1), (5, 7, 3), (9, 6, 11), (17, 3, 2)] if not ON_GPU else [(1, 1, 1), (1000, 517, 333), (129, 1031, 2047)]
+ROWS_COLS = [(1, 1), (5, 3), (13, 10), (33, 17)] if not ON_GPU else [(1, 1), (4099, 10), (1000, 4097)]
+
+
+@pytest.fixture(params=["numpy", KERNEL_ENGINE])
+def eng(request):
+    engine = rawgpu.use(request.param)
+    yield engine
+    rawgpu.use("numpy")
+
+
+def put(eng, host):
+    return eng.asarray(host)
+
+
+def nan_out(eng, shape):
+    return eng.asarray(poisoned(shape))
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant", ops.MATMUL_VARIANTS)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matmul_matches_float64(eng, rng, variant, trans_a, trans_b, shape):
+    m, n, k = shape
+    a = rand(rng, *((k, m) if trans_a else (m, k)))
+    b = rand(rng, *((n, k) if trans_b else (k, n)))
+    out = nan_out(eng, (m, n))
+    got = ops.matmul(put(eng, a), put(eng, b), trans_a=trans_a, trans_b=trans_b, out=out, variant=variant)
+    assert got is out
+    ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    assert_close(eng.to_host(got), ref, what=f"{variant} matmul")
+
+
+def test_matmul_allocates_when_no_out(eng, rng):
+    a, b = rand(rng, 3, 5), rand(rng, 5, 2)
+    got = ops.matmul(put(eng, a), put(eng, b))
+    assert_close(eng.to_host(got), a.astype(np.float64) @ b)
+
+
+@pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
+def test_bias_relu_and_bias_add(eng, rng, shape):
+    x, bias = rand(rng, *shape), rand(rng, shape[1])
+    ref = x.astype(np.float64) + bias
+    got = ops.bias_add(put(eng, x), put(eng, bias), out=nan_out(eng, shape))
+    assert_close(eng.to_host(got), ref)
+    got = ops.bias_relu(put(eng, x), put(eng, bias), out=nan_out(eng, shape))
+    assert_close(eng.to_host(got), np.maximum(ref, 0))
+
+
+def test_bias_relu_in_place(eng, rng):
+    x, bias = rand(rng, 7, 5), rand(rng, 5)
+    dx = put(eng, x)
+    ops.bias_relu(dx, put(eng, bias), out=dx)
+    assert_close(eng.to_host(dx), np.maximum(x.astype(np.float64) + bias, 0))
+
+
+@pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
+def test_relu_backward(eng, rng, shape):
+    grad = rand(rng, *shape)
+    act = np.maximum(rand(rng, *shape), 0)  # a ReLU output: about half exact zeros
+    got = ops.relu_backward(put(eng, grad), put(eng, act), out=nan_out(eng, shape))
+    assert_close(eng.to_host(got), np.where(act > 0, grad.astype(np.float64), 0.0))
+
+
+@pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
+def test_col_sum(eng, rng, shape):
+    x = rand(rng, *shape)
+    got = ops.col_sum(put(eng, x), out=nan_out(eng, (shape[1],)))
+    assert_close(eng.to_host(got), x.astype(np.float64).sum(axis=0))
+
+
+def _softmax_ce_ref(z, y):
+    z = z.astype(np.float64)
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(y))
+    loss = -logp[rows, y].mean()
+    grad = np.exp(logp)
+    grad[rows, y] -= 1.0
+    return loss, grad / len(y)
+
+
+@pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
+def test_softmax_cross_entropy(eng, rng, shape):
+    rows, classes = shape
+    z = rand(rng, rows, classes) * 3
+    y = rng.integers(0, classes, rows).astype(np.int32)
+    loss, grad = ops.softmax_cross_entropy(put(eng, z), put(eng, y), grad_out=nan_out(eng, shape))
+    ref_loss, ref_grad = _softmax_ce_ref(z, y)
+    assert np.ndim(eng.to_host(loss)) == 0
+    assert abs(float(loss) - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
+    assert_close(eng.to_host(grad), ref_grad, what="softmax-CE gradient")
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits(eng, rng):
+    z = (rng.choice([-1e4, 1e4], size=(6, 5)) + rng.standard_normal((6, 5))).astype(np.float32)
+    y = rng.integers(0, 5, 6).astype(np.int32)
+    loss, grad = ops.softmax_cross_entropy(put(eng, z), put(eng, y))
+    ref_loss, ref_grad = _softmax_ce_ref(z, y)
+    assert np.isfinite(float(loss)) and np.all(np.isfinite(eng.to_host(grad)))
+    assert abs(float(loss) - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
+    assert_close(eng.to_host(grad), ref_grad)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_momentum_three_steps(eng, rng, nesterov, weight_decay):
+    shape = (13, 7) if not ON_GPU else (1000, 1001)
+    p, v = rand(rng, *shape), np.zeros(shape, np.float32)
+    dp, dv = put(eng, p), put(eng, v)
+    ref_p, ref_v = p.astype(np.float64), v.astype(np.float64)
+    lr, mu = 0.05, 0.9
+    for _ in range(3):
+        g = rand(rng, *shape)
+        dg = put(eng, g)
+        ops.sgd_momentum_(dp, dg, dv, lr=lr, momentum=mu, weight_decay=weight_decay, nesterov=nesterov)
+        assert_close(eng.to_host(dg), g, tol=0, what="grad (must be left alone)")
+        g64 = g + weight_decay * ref_p
+        ref_v = mu * ref_v + g64
+        ref_p = ref_p - lr * (g64 + mu * ref_v if nesterov else ref_v)
+    assert_close(eng.to_host(dp), ref_p, what="param")
+    assert_close(eng.to_host(dv), ref_v, what="velocity")
+
+
+def test_sgd_momentum_on_a_bias_vector(eng, rng):
+    p, g = rand(rng, 11), rand(rng, 11)
+    dp, dv = put(eng, p), put(eng, np.zeros(11, np.float32))
+    ops.sgd_momentum_(dp, put(eng, g), dv, lr=0.1, momentum=0.9)
+    assert_close(eng.to_host(dp), p.astype(np.float64) - 0.1 * g)
+
+
+@pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
+def test_correct_count(eng, rng, shape):
+    rows, classes = shape
+    z = rand(rng, rows, classes)
+    y = rng.integers(0, classes, rows).astype(np.int32)
+    y[: rows // 2] = z[: rows // 2].argmax(axis=1)  # make about half of them right
+    assert ops.correct_count(put(eng, z), put(eng, y)) == int((z.argmax(axis=1) == y).sum())
+
+
+def test_correct_count_ties_go_to_the_lowest_index(eng):
+    z = np.zeros((3, 4), np.float32)
+    y = np.array([0, 1, 3], np.int32)
+    assert ops.correct_count(put(eng, z), put(eng, y)) == 1
+
+
+# --- argument checking -----------------------------------------------------------------------
+
+
+def test_bad_arguments_name_the_argument(eng, rng):
+    a, b = put(eng, rand(rng, 4, 3)), put(eng, rand(rng, 3, 2))
+    with pytest.raises(ValueError, match="inner sizes"):
+        ops.matmul(a, a)
+    with pytest.raises(TypeError, match="b must be float32"):
+        ops.matmul(a, put(eng, np.ones((3, 2), np.float64)))
+    with pytest.raises(ValueError, match="a must be 2-D"):
+        ops.matmul(put(eng, rand(rng, 4)), b)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.matmul(put(eng, rand(rng, 3, 4)).T, b)
+    with pytest.raises(TypeError, match="a must be"):
+        ops.matmul([[1.0]], b)
+    with pytest.raises(ValueError, match="out must have shape"):
+        ops.matmul(a, b, out=put(eng, np.zeros((4, 3), np.float32)))
+    with pytest.raises(ValueError, match="variant"):
+        ops.matmul(a, b, variant="fast")
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        ops.bias_relu(a, put(eng, rand(rng, 2)))
+    with pytest.raises(ValueError, match="act must have shape"):
+        ops.relu_backward(a, b)
+
+
+def test_labels_are_checked(eng, rng):
+    z = put(eng, rand(rng, 4, 3))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        ops.softmax_cross_entropy(z, put(eng, np.array([0, 1, 3, 0], np.int32)))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        ops.softmax_cross_entropy(z, put(eng, np.array([0, -1, 2, 0], np.int32)))
+    with pytest.raises(TypeError, match="labels must be int32"):
+        ops.softmax_cross_entropy(z, put(eng, np.array([0, 1, 2, 0], np.int64)))
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        ops.correct_count(z, put(eng, np.array([0, 1], np.int32)))
+
+
+def test_hyperparameters_are_checked(eng, rng):
+    p = put(eng, rand(rng, 3))
+    with pytest.raises(ValueError, match="lr must be"):
+        ops.sgd_momentum_(p, p.copy(), p.copy(), lr=0.0, momentum=0.9)
+    with pytest.raises(ValueError, match="momentum must be"):
+        ops.sgd_momentum_(p, p.copy(), p.copy(), lr=0.1, momentum=-1)
+    with pytest.raises(TypeError, match="weight_decay must be a number"):
+        ops.sgd_momentum_(p, p.copy(), p.copy(), lr=0.1, momentum=0.9, weight_decay="x")
+    with pytest.raises(ValueError, match="velocity must have shape"):
+        ops.sgd_momentum_(p, p.copy(), put(eng, rand(rng, 4)), lr=0.1, momentum=0.9)
