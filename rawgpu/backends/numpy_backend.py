@@ -43,6 +43,11 @@ class NumpyBackend:
         np.sum(x, axis=0, out=out)
 
     def softmax_cross_entropy(self, logits, labels, grad):
+        # A diverged run has inf logits: let the NaN loss reach the trainer, which explains it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._softmax_cross_entropy(logits, labels, grad)
+
+    def _softmax_cross_entropy(self, logits, labels, grad):
         rows = logits.shape[0]
         idx = np.arange(rows)
         row_max = self._buf("row_max", (rows, 1))
