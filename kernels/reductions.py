@@ -1,0 +1,140 @@
+"""Reductions: column sums (the bias gradients) and the correct-prediction count.
+
+A reduction turns many values into few, so threads must combine their partial results. The
+fast, *deterministic* way within a block is a tree in shared memory: every thread writes its
+partial sum, then half the threads add the other half's values to theirs, then a quarter, ...
+``log2(threads)`` rounds, each ending in a barrier (``syncthreads``) so nobody reads a value
+before it is written. The order of additions is fixed by the tree, so the float32 result is the
+same run after run, unlike float atomics, whose order depends on thread scheduling. (Integer
+atomics, as in ``correct_count``, are exact whatever the order.)
+
+No warp shuffles: the shared-memory tree is the readable version and runs in the simulator.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from numba import cuda, float32, int32
+
+from ._launch import check_threads, grid_stride_blocks
+
+
+@cuda.jit(device=True)
+def block_tree_sum(buf, tid, size):
+    """Sum ``buf[0:size]`` (size a power of two, one slot per thread) into ``buf[0]``.
+
+    Every thread of the block must call it (it contains barriers). On return ``buf[0]`` holds
+    the sum and every thread can read it; call ``syncthreads`` before writing ``buf`` again.
+    """
+    half = size // 2
+    while half > 0:
+        if tid < half:
+            buf[tid] += buf[tid + half]
+        cuda.syncthreads()
+        half //= 2
+
+
+@cuda.jit(device=True)
+def block_tree_max(buf, tid, size):
+    """Like :func:`block_tree_sum`, with ``max`` in place of ``+``."""
+    half = size // 2
+    while half > 0:
+        if tid < half:
+            other = buf[tid + half]
+            if other > buf[tid]:
+                buf[tid] = other
+        cuda.syncthreads()
+        half //= 2
+
+
+# --- column sum ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def col_sum_kernel(threads_x: int, threads_y: int):
+    """A block of threads_x x threads_y threads sums ``threads_x`` neighbouring columns.
+
+    threadIdx.x runs along a row, so a warp reads neighbouring addresses (coalesced); the
+    threads_y threads of a column each walk every threads_y-th row, then a tree over y adds
+    their partial sums.
+    """
+    # Shared-array shapes must be compile-time constants: the factory's arguments are.
+    @cuda.jit
+    def col_sum(x, out):
+        part = cuda.shared.array((threads_y, threads_x), float32)
+        rows, cols = x.shape
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        j = cuda.blockIdx.x * threads_x + tx
+        acc = float32(0.0)
+        if j < cols:
+            for i in range(ty, rows, threads_y):
+                acc += x[i, j]
+        part[ty, tx] = acc
+        cuda.syncthreads()
+        half = threads_y // 2
+        while half > 0:
+            if ty < half:
+                part[ty, tx] += part[ty + half, tx]
+            cuda.syncthreads()
+            half //= 2
+        if ty == 0 and j < cols:
+            out[j] = part[0, tx]
+
+    return col_sum
+
+
+def col_sum(x, out, *, threads_x=32, threads_y=8, stream=0):
+    """``out[j] = sum_i x[i, j]`` for x (B, N): the gradient of a bias added to every row."""
+    check_threads("threads_x", threads_x)
+    check_threads("threads_y", threads_y, power_of_two=True)
+    check_threads("threads_x * threads_y", threads_x * threads_y)
+    cols = x.shape[1]
+    if cols == 0:
+        return
+    blocks = (cols + threads_x - 1) // threads_x
+    col_sum_kernel(threads_x, threads_y)[blocks, (threads_x, threads_y), stream](x, out)
+
+
+# --- correct count ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def correct_count_kernel(threads: int):
+    """One thread per row finds the row's argmax; the block adds up its hits with a tree and
+    one thread adds the block's total to the counter (an integer atomic: exact in any order)."""
+
+    @cuda.jit
+    def correct_count(logits, labels, count):
+        hits = cuda.shared.array(threads, int32)
+        rows, classes = logits.shape
+        tid = cuda.threadIdx.x
+        mine = int32(0)
+        for i in range(cuda.grid(1), rows, cuda.gridsize(1)):
+            best = 0
+            best_v = logits[i, 0]
+            for j in range(1, classes):
+                v = logits[i, j]
+                if v > best_v:  # strictly greater: ties go to the lowest index, like np.argmax
+                    best_v = v
+                    best = j
+            if best == labels[i]:
+                mine += 1
+        hits[tid] = mine
+        cuda.syncthreads()
+        block_tree_sum(hits, tid, threads)
+        if tid == 0:
+            cuda.atomic.add(count, 0, hits[0])
+
+    return correct_count
+
+
+def correct_count(logits, labels, count, *, threads=128, max_blocks=None, stream=0):
+    """``count[0] += #{i : argmax(logits[i]) == labels[i]}``; the caller zeroes ``count``."""
+    check_threads("threads", threads, power_of_two=True)
+    rows = logits.shape[0]
+    if rows == 0:
+        return
+    blocks = grid_stride_blocks(rows, threads, max_blocks)
+    correct_count_kernel(threads)[blocks, threads, stream](logits, labels, count)
