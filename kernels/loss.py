@@ -15,7 +15,7 @@ One block per row: its threads stride over the C columns and combine partial res
 shared-memory trees (max, then sum), then write the C gradients in the same pass. Rows beyond
 the grid are taken by the same block on its next turn (a grid-stride loop over rows, uniform
 across the block so its barriers stay legal). A second, single-block kernel then averages the
-per-row losses with a tree: deterministic, with no float atomics.
+per-row losses (in float64) with a tree: deterministic, with no float atomics.
 
 A label outside ``[0, C)`` cannot be read safely: that row's loss and gradient become NaN (the
 ops layer rejects such labels before they get here).
@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 
-from numba import cuda, float32
+from numba import cuda, float32, float64
 
 from ._launch import check_threads
 from .reductions import block_tree_max, block_tree_sum
@@ -83,17 +83,19 @@ def rows_kernel(threads: int):
 def mean_kernel(threads: int):
     @cuda.jit
     def mean(values, out):
-        buf = cuda.shared.array(threads, float32)
+        # float64: each thread adds up B / threads row losses in sequence, and a float32
+        # running sum of thousands of terms would lose digits. It is one tiny block.
+        buf = cuda.shared.array(threads, float64)
         tid = cuda.threadIdx.x
         n = values.shape[0]
-        acc = float32(0.0)
+        acc = float64(0.0)
         for i in range(tid, n, threads):
             acc += values[i]
         buf[tid] = acc
         cuda.syncthreads()
         block_tree_sum(buf, tid, threads)
         if tid == 0:
-            out[0] = buf[0] / float32(n)
+            out[0] = float32(buf[0] / n)
 
     return mean
 
