@@ -100,7 +100,7 @@ def _train(args) -> int:
     log(
         f"engine: {eng.name} ({eng.reason}); network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}, "
         f"{len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
-        f"SGD lr {config.lr:g} momentum {config.momentum:g}, batch {config.batch_size}, {config.epochs} epochs"
+        f"SGD lr {config.lr:g} momentum {config.momentum:g}, batch {config.batch_size}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     )
     records = train(
         dataset, config, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,

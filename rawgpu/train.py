@@ -102,6 +102,9 @@ def _check_resumable(meta: dict, model: TwoLayerMLP, directory) -> None:
         )
 
 
+# A diverging run overflows in the numpy engine's matmuls before its loss turns inf or NaN; the
+# loss check below stops it with an explanation, so NumPy's overflow warnings would only be noise.
+@np.errstate(over="ignore", invalid="ignore")
 def train(
     dataset,
     config: TrainConfig,
@@ -173,7 +176,13 @@ def train(
             "seconds": seconds,
             "samples_per_s": n / seconds,
         }
-        bar.close(f"train loss {record['train_loss']:.4f}  test loss {test_loss:.4f}  test acc {test_acc:.4f}  {record['samples_per_s']:,.0f} samples/s")
+        summary = (
+            f"train loss {record['train_loss']:.4f}  test loss {test_loss:.4f}  test acc {test_acc:.4f}  "
+            f"{record['samples_per_s']:,.0f} samples/s"
+        )
+        bar.close(summary)
+        if not progress:  # no bar, but a log still gets one line per epoch
+            log(f"epoch {epoch}/{config.epochs}: {summary}")
         records.append(record)
         if metrics_path is not None:
             with open(metrics_path, "a") as fh:

@@ -360,7 +360,7 @@ def test_all_mirrors_failing(server, remote, cache):
     with pytest.raises(DataError) as exc:
         data.load("mnist", mirrors=[refused, server.base + "/missing/"], digests=digests, progress=False)
     msg = str(exc.value)
-    assert msg.startswith("cannot download train-images-idx3-ubyte.gz") and "\n" not in msg
+    assert msg.startswith("MNIST: cannot download train-images-idx3-ubyte.gz") and "\n" not in msg
     assert refused in msg and "HTTP 404" in msg
     assert all_files(cache) == []
 

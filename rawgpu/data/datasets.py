@@ -308,7 +308,10 @@ def fetch(
                 f"{remote.title} is not in the cache ({path} is missing) and downloading is off; "
                 f"allow the download, or pass --data-dir with the four standard files"
             )
-        download_file(fname, folder, mirrors, sha, size=size, progress=progress, timeout=timeout)
+        try:
+            download_file(fname, folder, mirrors, sha, size=size, progress=progress, timeout=timeout)
+        except DataError as exc:
+            raise DataError(f"{remote.title}: {exc}") from None  # say which dataset failed, too
     return folder
 
 
