@@ -12,6 +12,8 @@ engines and CuPy arrays on ``cuda``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from rawgpu import engine as _engine
@@ -63,8 +65,9 @@ def _output(name, out, eng, shape, dtype=np.float32):
 def _check_labels(labels, eng, rows, classes):
     _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
     if rows:
-        # One fused test, one host read: cheap next to the kernels that follow.
-        bad = int(((labels < 0) | (labels >= classes)).sum())
+        # One comparison, one host read: seen as unsigned, a negative int32 is >= 2**31, so
+        # "label >= classes" also catches every negative label.
+        bad = int((labels.view(np.uint32) >= classes).sum())
         if bad:
             lo, hi = int(labels.min()), int(labels.max())
             raise ValueError(f"labels must lie in [0, {classes}) for {classes} classes; got values from {lo} to {hi}")
@@ -202,6 +205,6 @@ def _hyper(name, value, *, positive=False):
         value = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value) or value < 0 or (positive and value == 0):
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
     return value
