@@ -97,6 +97,11 @@ def _train(args) -> int:
     eng = rawgpu.use(args.device) if args.device else rawgpu.current()
     dataset = _load_data(args, log)
     log(f"data: {dataset.source}")
+    if eng.name == "sim":
+        log(
+            "note: the simulator runs every CUDA thread as a Python thread, thousands of times slower "
+            "than a GPU; at 784 inputs expect minutes per batch (it is for stepping through kernels on tiny data)"
+        )
     log(
         f"engine: {eng.name} ({eng.reason}); network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}, "
         f"{len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
