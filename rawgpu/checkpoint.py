@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from rawgpu.atomic import atomic_file
 
 FILENAME = "checkpoint.npz"
 FORMAT = "rawgpu-checkpoint-1"
@@ -35,17 +36,8 @@ def save(directory, *, params: dict, velocity: dict, meta: dict) -> str:
     header = dict(meta, format=FORMAT)
     arrays["meta"] = np.array(json.dumps(header, sort_keys=True))
     final = path_in(directory)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(final) as fh:
+        np.savez(fh, **arrays)
     return final
 
 

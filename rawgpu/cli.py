@@ -14,8 +14,8 @@ DATASETS = ("mnist", "fashion-mnist", "sample")
 DEVICES = ("auto", "cuda", "sim", "numpy")
 
 
-def _number(kind, *, minimum, inclusive=True):
-    """An argparse type: a finite number of ``kind`` above (or at) ``minimum``."""
+def number_arg(kind, *, minimum, inclusive=True):
+    """An argparse type: a finite number of ``kind`` above (or at) ``minimum`` (the benches use it too)."""
 
     def parse(text):
         try:
@@ -44,14 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz)")
     t.add_argument("--device", choices=DEVICES, default=None, help="engine (default: RAWGPU_DEVICE, else auto)")
     hp = t.add_argument_group("hyperparameters")
-    hp.add_argument("--epochs", type=_number(int, minimum=1), default=5)
-    hp.add_argument("--batch-size", type=_number(int, minimum=1), default=128)
-    hp.add_argument("--lr", type=_number(float, minimum=0.0, inclusive=False), default=0.01)
-    hp.add_argument("--momentum", type=_number(float, minimum=0.0), default=0.9)
-    hp.add_argument("--weight-decay", type=_number(float, minimum=0.0), default=0.0)
+    hp.add_argument("--epochs", type=number_arg(int, minimum=1), default=5)
+    hp.add_argument("--batch-size", type=number_arg(int, minimum=1), default=128)
+    hp.add_argument("--lr", type=number_arg(float, minimum=0.0, inclusive=False), default=0.01)
+    hp.add_argument("--momentum", type=number_arg(float, minimum=0.0), default=0.9)
+    hp.add_argument("--weight-decay", type=number_arg(float, minimum=0.0), default=0.0)
     hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    hp.add_argument("--hidden", type=_number(int, minimum=1), default=128, help="hidden units")
-    hp.add_argument("--seed", type=_number(int, minimum=0), default=0)
+    hp.add_argument("--hidden", type=number_arg(int, minimum=1), default=128, help="hidden units")
+    hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0)
     out = t.add_argument_group("outputs")
     out.add_argument("--metrics", metavar="FILE", help="JSON lines, one record per epoch")
     out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch")

@@ -49,12 +49,11 @@ def _cupy_extra_hint() -> str:
 def probe_gpu() -> tuple[bool, str]:
     """Return (usable, reason): whether CuPy can see a GPU, and a sentence saying why or why not."""
     try:
-        import cupy  # noqa: F401
+        import cupy
     except ImportError:
         return False, f"CuPy is not installed ({_cupy_extra_hint()})"
     except Exception as exc:  # a broken CuPy install raises all sorts of things
         return False, f"CuPy failed to import: {exc}"
-    import cupy
 
     try:
         count = cupy.cuda.runtime.getDeviceCount()

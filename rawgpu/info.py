@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
 
 from rawgpu import engine as _engine
@@ -46,6 +47,18 @@ def _cuda_version(code: int) -> str:
     return f"{code // 1000}.{(code % 1000) // 10}"
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version, from nvidia-smi (CuPy only knows which CUDA the driver supports)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0] if out else None
+
+
 def gpu() -> dict:
     """The first GPU as CuPy sees it, or ``{"available": False, "reason": ...}``."""
     usable, why = _engine.probe_gpu()
@@ -62,6 +75,7 @@ def gpu() -> dict:
         "compute_capability": f"{props['major']}.{props['minor']}",
         "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
         "multiprocessors": props["multiProcessorCount"],
+        "driver": nvidia_driver(),
         "driver_cuda": _cuda_version(rt.driverGetVersion()),
         "runtime_cuda": _cuda_version(rt.runtimeGetVersion()),
         "count": rt.getDeviceCount(),
@@ -83,7 +97,7 @@ def report() -> str:
     if g["available"]:
         lines.append(
             f"gpu:        {g['name']}, compute capability {g['compute_capability']}, {g['memory_gib']} GiB, "
-            f"{g['multiprocessors']} SMs; driver supports CUDA {g['driver_cuda']}, CuPy runtime CUDA {g['runtime_cuda']}"
+            f"{g['multiprocessors']} SMs; driver {g['driver'] or '?'} supports CUDA {g['driver_cuda']}, CuPy runtime CUDA {g['runtime_cuda']}"
         )
     else:
         lines.append(f"gpu:        none ({g['reason']})")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+
+from rawgpu.atomic import atomic_file
 
 
 def require_matplotlib():
@@ -21,15 +22,8 @@ def require_matplotlib():
 
 def save_figure(fig, path) -> None:
     """Write a figure atomically (temporary file, then rename), so no half-written PNG is left."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as fh:
+        fig.savefig(fh, dpi=120, format="png")
 
 
 def plot_metrics(metrics_path, records, path) -> None:

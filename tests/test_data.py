@@ -7,7 +7,6 @@ so nothing leaves the machine; the cache folder is a fresh temporary one in ever
 import gzip
 import hashlib
 import http.server
-import os
 import socket
 import threading
 from pathlib import Path

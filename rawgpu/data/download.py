@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from rawgpu.atomic import file_mode
 from rawgpu.data.errors import DataError
-from rawgpu.data.idx import file_mode
 
 CHUNK = 1 << 16
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte before a mirror counts as failed
@@ -185,5 +185,5 @@ def download_file(
         raise DataError(f"cannot download {filename}: no mirror given; pass at least one base URL")
     raise DataError(
         f"cannot download {filename} (" + "; ".join(reasons) + "); "
-        f"check the network, or put the four files in a folder and pass --data-dir"
+        "check the network, or put the four files in a folder and pass --data-dir"
     )

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 
 import numpy as np
 
+from rawgpu.atomic import atomic_file
 from rawgpu.data.errors import FIX_LOCAL, DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -41,13 +41,6 @@ DTYPES = {
 }
 _CODES = {(dt.kind, dt.itemsize): code for code, dt in DTYPES.items()}
 _TYPE_NAMES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
-
-
-def file_mode() -> int:
-    """The mode a plainly created file gets (0o666 less the umask); mkstemp's own is 0o600."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _fail(path, what: str, fix: str) -> DataError:
@@ -145,17 +138,6 @@ def write_idx(path, array, *, compress: bool | None = None) -> str:
     payload = encode_idx(array)
     if compress:
         payload = gzip.compress(payload, compresslevel=9, mtime=0)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as fh:
+        fh.write(payload)
     return path

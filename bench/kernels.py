@@ -1,0 +1,479 @@
+"""Kernel benchmark: every op and every matmul variant, checked, then timed.
+
+    python bench/kernels.py                      # on a GPU: the full sweep against cuBLAS and the ceilings
+    python bench/kernels.py --quick --json k.json
+    python bench/kernels.py --sim                # no GPU needed: the kernels in the simulator, correctness only
+
+For each problem (an op at a shape: square sizes 128..8192, and the shapes one training step of
+the 784-128-10 network uses) and each implementation (the matmul ladder or the op's kernel on
+the GPU, cuBLAS through CuPy for matmul, NumPy on the host), the output is first checked
+against a float64 NumPy reference on fresh random inputs with the output poisoned (NaN);
+a wrong result stops the run. Then it is timed (see timing.py) and reported as median time,
+spread, GFLOP/s (matmul) or GB/s (the rest), % of the device's measured ceilings and, for
+matmul, % of cuBLAS. Without a GPU the kernel rows say "no GPU" and only NumPy is timed; with
+``--sim`` the kernels run in Numba's CUDA simulator and are checked but never timed.
+See bench/README.md for the method and every JSON field.
+"""
+
+from __future__ import annotations
+
+import os
+
+# CuPy reads CUPY_TF32 when it is imported: "0" keeps cuBLAS's float32 products in full FP32
+# (no TF32 tensor-core rounding), so the reference computes what our kernels compute.
+os.environ["CUPY_TF32"] = "0"
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from common import (  # noqa: E402
+    emit, NO_GPU, SCHEMA, BenchError, check_outputs, choice_list, describe_environment, environment, fmt_ms,
+    fmt_num, int_list, positive_float, positive_int, require_plotting, seed_int, run_main, save_plot, text_table,
+)
+from kernel_cases import OPS, BackendOps, CublasOps, mlp_problems, spec_for, square_problems  # noqa: E402
+
+VARIANTS = ("naive", "tiled", "regblock")  # rawgpu.ops.MATMUL_VARIANTS, the ladder from slow to fast
+TOLERANCE = 1e-4  # ||out - ref|| / ||ref||: FP32 lands far below; TF32 (~3e-4) or a wrong element above
+SIM_ONLY = "correctness only (simulator)"
+
+# Sizes per mode. The simulator runs one OS thread per CUDA thread: its shapes must stay tiny,
+# and odd, so the kernels' edge handling is exercised.
+DEFAULTS = {
+    "gpu": {"sizes": [128, 256, 512, 1024, 2048, 4096, 8192], "mlp": [784, 128, 10], "batch": 128},
+    "host": {"sizes": [128, 256, 512, 1024, 2048, 4096, 8192], "mlp": [784, 128, 10], "batch": 128},
+    "sim": {"sizes": [8, 17, 24], "mlp": [20, 12, 5], "batch": 8},
+}
+QUICK = {
+    "gpu": {"sizes": [128, 512], "mlp": [784, 128, 10], "batch": 128},
+    "host": {"sizes": [64, 128], "mlp": [784, 128, 10], "batch": 128},
+    "sim": {"sizes": [5], "mlp": [7, 6, 3], "batch": 4},
+}
+# Repetitions: (warm-up, fewest timed runs, most timed runs); runs continue until --budget seconds.
+REPS = {"gpu": (3, 10, 200), "host": (2, 5, 50)}
+QUICK_REPS = {"gpu": (2, 3, 10), "host": (1, 3, 5)}
+#: A nominal host cache size for sizing the input rotation (the CPU's L3 is not queried).
+HOST_CACHE_BYTES = 64 << 20
+#: How much memory the rotated input sets may take.
+SET_MEMORY_CAP = {"gpu": 8 << 30, "host": 2 << 30}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench/kernels.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sim", action="store_true", help="run the kernels in Numba's CUDA simulator: correctness only, no timings")
+    p.add_argument("--quick", action="store_true", help="a short run (few sizes, few repetitions) for smoke tests")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON (fields: bench/README.md)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG: GFLOP/s and GB/s against size (needs matplotlib)")
+    p.add_argument("--sizes", type=int_list, metavar="N,N,...", help="square sizes (default 128..8192; simulator 8,17,24)")
+    p.add_argument("--mlp", type=int_list, metavar="D,H,C", help="network whose training shapes are measured (default 784,128,10)")
+    p.add_argument("--batch", type=positive_int, help="batch size of those shapes (default 128)")
+    p.add_argument("--ops", type=choice_list(OPS), metavar="OP,...", default=list(OPS), help=f"ops to run (default all: {', '.join(OPS)})")
+    p.add_argument("--variants", type=choice_list(VARIANTS), metavar="V,...", default=list(VARIANTS), help="matmul variants (default all)")
+    p.add_argument("--budget", type=positive_float, default=0.3, metavar="SECONDS", help="time spent timing each implementation of a problem (default 0.3)")
+    p.add_argument("--host-max-size", type=positive_int, default=4096, metavar="N", help="skip NumPy matmuls with a side above N (default 4096)")
+    p.add_argument("--no-host", action="store_true", help="do not time NumPy on the host")
+    p.add_argument("--seed", type=seed_int, default=None, help="seed for the random inputs (default: fresh each run)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Where arrays live: the GPU (CuPy) or the host (NumPy)
+# ---------------------------------------------------------------------------------------------
+
+
+class Place:
+    def __init__(self, xp):
+        self.xp = xp
+        self.device = xp is not np
+
+    def put(self, host):
+        return self.xp.array(np.ascontiguousarray(host), copy=True)
+
+    def empty(self, shape):
+        return self.xp.empty(shape, dtype=np.float32)
+
+    def poisoned(self, shape):
+        return self.xp.full(shape, np.nan, dtype=np.float32)
+
+    def get(self, x):
+        if self.device and hasattr(x, "get"):
+            return x.get()
+        return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and timing one implementation
+# ---------------------------------------------------------------------------------------------
+
+
+class Reference:
+    """Random inputs for a problem and their float64 result, drawn once when first asked for."""
+
+    def __init__(self, problem, spec, rng):
+        self.problem, self.spec, self.rng = problem, spec, rng
+        self._value = None
+
+    def get(self):
+        if self._value is None:
+            inputs = self.spec.inputs(self.rng, self.problem.dims)
+            self._value = (inputs, self.spec.reference(inputs, self.problem.dims))
+        return self._value
+
+
+def check(name, problem, spec, ref, api, place, variant=None) -> dict:
+    """Run once on the reference inputs with poisoned outputs; raise BenchError if anything is off."""
+    inputs, expected = ref.get()
+    dev = {k: place.put(v) for k, v in inputs.items()}
+    outs = {k: place.poisoned(shape) for k, shape in spec.outputs(problem.dims).items()}
+    extra = spec.call(api, dev, outs, problem.dims, variant)
+    got = {**outs, **{k: dev[k] for k in spec.in_place}, **extra}
+    worst = 0.0
+    where = f"{name} on {problem.op} {problem.shape_text} ({problem.label})"
+    for key, want in expected.items():
+        have = np.asarray(place.get(got[key]))
+        if np.issubdtype(np.asarray(want).dtype, np.integer):
+            if int(have.reshape(-1)[0]) != int(want):
+                raise BenchError(f"{where}: WRONG {key}: got {int(have.reshape(-1)[0])}, expected {int(want)}")
+            continue
+        if have.shape != np.shape(want):
+            raise BenchError(f"{where}: WRONG {key}: shape {have.shape}, expected {np.shape(want)}")
+        if not np.all(np.isfinite(have)):
+            bad = int(np.count_nonzero(~np.isfinite(have)))
+            raise BenchError(f"{where}: WRONG {key}: {bad} element(s) NaN or infinite (unwritten outputs are poisoned with NaN)")
+        diff = np.linalg.norm(have.astype(np.float64) - want)
+        norm = np.linalg.norm(want)
+        err = float(diff / norm if norm > 0 else diff)
+        if err > TOLERANCE:
+            raise BenchError(f"{where}: WRONG {key}: relative error {err:.2e} > {TOLERANCE:g}")
+        worst = max(worst, err)
+    return {"rel_error": worst, "tolerance": TOLERANCE, "passed": True}
+
+
+def input_sets(problem, spec, place, rng, cache_bytes, cap_bytes):
+    """Enough independent input/output sets that, cycled through, they outgrow the cache."""
+    sample = spec.inputs(rng, problem.dims)
+    set_bytes = sum(a.nbytes for a in sample.values()) + sum(4 * math.prod(s) for s in spec.outputs(problem.dims).values())
+    n = min(8, max(2, math.ceil(2 * cache_bytes / set_bytes)))
+    while n > 1 and n * set_bytes > cap_bytes:
+        n -= 1
+    sets = []
+    for i in range(n):
+        host = sample if i == 0 else spec.inputs(rng, problem.dims)
+        sets.append(({k: place.put(v) for k, v in host.items()}, {k: place.empty(s) for k, s in spec.outputs(problem.dims).items()}))
+    return sets
+
+
+def timed(problem, spec, api, place, rng, timer, ctx, variant=None) -> dict:
+    sets = input_sets(problem, spec, place, rng, ctx.cache_bytes(place), SET_MEMORY_CAP["gpu" if place.device else "host"])
+    warmup, min_reps, max_reps = ctx.reps["gpu" if place.device else "host"]
+
+    def run(i):
+        spec.call(api, sets[i][0], sets[i][1], problem.dims, variant)
+
+    result = timer(run, len(sets), warmup=warmup, min_reps=min_reps, max_reps=max_reps, budget_s=ctx.args.budget)
+    result["input_sets"] = len(sets)
+    return result
+
+
+def entry(name, status, chk=None, timing=None) -> dict:
+    return {"name": name, "status": status, "check": chk, "timing": timing, "rate": None, "pct_of_ceiling": None, "pct_of_reference": None}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+class Context:
+    """What every problem needs: the mode, the engine's op interfaces, the timers, the ceilings."""
+
+    def __init__(self, args, mode):
+        self.args, self.mode = args, mode
+        self.rng = np.random.default_rng(args.seed)
+        self.reps = QUICK_REPS if args.quick else REPS
+        self.host_api = None
+        self.gpu_timer = None
+        self.ceilings = None
+        if mode in ("gpu", "sim"):
+            import rawgpu
+            from rawgpu import ops
+
+            self.engine = rawgpu.use("cuda" if mode == "gpu" else "sim")
+            self.ops = ops  # correctness through the op layer: its argument checks apply
+            self.fast = BackendOps(self.engine.backend, device_count=mode == "gpu")
+            self.place = Place(self.engine.xp)
+        if mode == "gpu":
+            from timing import GpuTimer
+
+            self.gpu_timer = GpuTimer()
+        if mode != "sim" and not args.no_host:
+            from rawgpu.backends.numpy_backend import NumpyBackend
+
+            self.host_api = BackendOps(NumpyBackend())
+
+    def cache_bytes(self, place):
+        return self.gpu_timer.l2_bytes if place.device else HOST_CACHE_BYTES
+
+
+def measure_ceilings(ctx) -> dict:
+    """The device's measured limits: a large device-to-device copy (GB/s, bytes read + written)
+    and cuBLAS SGEMM at a large size (FP32 TFLOP/s, TF32 off)."""
+    import cupy
+
+    timer = ctx.gpu_timer
+    warmup, min_reps, max_reps = ctx.reps["gpu"]
+    reps = {"warmup": warmup, "min_reps": min_reps, "max_reps": max_reps, "budget_s": ctx.args.budget}
+    n_copy = (256 << 20) if not ctx.args.quick else (32 << 20)  # float32 elements: 1 GiB (quick: 128 MiB)
+    arrays = {"src": cupy.random.random(n_copy, dtype=cupy.float32)}
+    arrays["dst"] = cupy.empty_like(arrays["src"])
+    copy = timer.time(lambda i: cupy.copyto(arrays["dst"], arrays["src"]), 1, **reps)
+    copy_gbps = 2 * 4 * n_copy / (copy["ms"]["median"] / 1e3) / 1e9
+    arrays.clear()  # give the 2 GiB back before the SGEMM
+
+    n = 8192 if not ctx.args.quick else 2048
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    c = cupy.empty((n, n), dtype=cupy.float32)
+    cupy.matmul(a, b, out=c)
+    # A TF32 product would be ~3e-4 off; FP32 is far below the tolerance. Check a slab of rows.
+    slab = cupy.matmul(a[:256].astype(cupy.float64), b.astype(cupy.float64))
+    err = float(cupy.linalg.norm(c[:256] - slab) / cupy.linalg.norm(slab))
+    if err > TOLERANCE:
+        raise BenchError(f"cuBLAS SGEMM is {err:.1e} off a float64 product: TF32 seems on (CUPY_TF32={os.environ.get('CUPY_TF32')})")
+    sgemm = timer.time(lambda i: cupy.matmul(a, b, out=c), 1, **reps)
+    tflops = 2 * n**3 / (sgemm["ms"]["median"] / 1e3) / 1e12
+    return {
+        "copy": {"bytes": 2 * n_copy * 4, "timing": copy, "gbps": copy_gbps,
+                 "how": "cupy.copyto of a float32 array (cudaMemcpyAsync device to device); bytes read + written"},
+        "sgemm": {"n": n, "timing": sgemm, "tflops": tflops, "rel_error": err,
+                  "how": f"cupy.matmul of float32 {n}x{n} (cuBLAS SGEMM), CUPY_TF32=0"},
+    }
+
+
+def run_problem(problem, ctx) -> dict:
+    spec = spec_for(problem)
+    flops, nbytes = spec.work(problem.dims)
+    work = flops if spec.unit == "GFLOP/s" else nbytes
+    ref = Reference(problem, spec, ctx.rng)
+    rec = {
+        "op": problem.op, "group": problem.group, "label": problem.label, "shape": problem.shape_text,
+        "dims": list(problem.dims), "flops": flops, "bytes": nbytes, "unit": spec.unit,
+        "kernels": [], "reference": None, "host": None,
+    }
+    names = ctx.args.variants if problem.op == "matmul" else ["kernel"]
+    for name in names:
+        variant = name if problem.op == "matmul" else None
+        if ctx.mode == "host":
+            rec["kernels"].append(entry(name, NO_GPU))
+            continue
+        chk = check(name, problem, spec, ref, ctx.ops, ctx.place, variant)
+        if ctx.mode == "sim":
+            rec["kernels"].append(entry(name, SIM_ONLY, chk))
+            continue
+        if problem.op in ("softmax_cross_entropy", "correct_count"):
+            # The timed path skips the op layer's read-back (see BackendOps): check it too.
+            check(name, problem, spec, ref, ctx.fast, ctx.place, variant)
+        rec["kernels"].append(entry(name, "ok", chk, timed(problem, spec, ctx.fast, ctx.place, ctx.rng, ctx.gpu_timer.time, ctx, variant)))
+
+    if problem.op == "matmul":
+        name = "cuBLAS"
+        if ctx.mode == "gpu":
+            api = CublasOps()
+            chk = check(name, problem, spec, ref, api, ctx.place)
+            rec["reference"] = entry(name, "ok", chk, timed(problem, spec, api, ctx.place, ctx.rng, ctx.gpu_timer.time, ctx))
+        elif ctx.mode == "host":
+            rec["reference"] = entry(name, NO_GPU)
+
+    rec["host"] = run_host(problem, spec, ref, ctx)
+    for e in rec["kernels"] + [rec["reference"], rec["host"]]:
+        if e and e["timing"]:
+            e["rate"] = work / (e["timing"]["ms"]["median"] / 1e3) / 1e9
+    _percentages(rec, ctx.ceilings)
+    return rec
+
+
+def run_host(problem, spec, ref, ctx):
+    name = "NumPy"
+    if ctx.mode == "sim":
+        return None
+    if ctx.host_api is None:
+        return entry(name, "skipped: --no-host")
+    if problem.op == "matmul" and max(problem.dims[:3]) > ctx.args.host_max_size:
+        return entry(name, f"skipped: side above --host-max-size {ctx.args.host_max_size}")
+    from timing import host_time
+
+    place = Place(np)
+    chk = check(name, problem, spec, ref, ctx.host_api, place)
+    return entry(name, "ok", chk, timed(problem, spec, ctx.host_api, place, ctx.rng, host_time, ctx))
+
+
+def _percentages(rec, ceilings):
+    ref = rec["reference"]
+    for e in rec["kernels"]:
+        if e["rate"] and ref and ref["rate"]:
+            e["pct_of_reference"] = 100 * e["rate"] / ref["rate"]
+    if not ceilings:
+        return
+    ceiling = ceilings["sgemm"]["tflops"] * 1e3 if rec["unit"] == "GFLOP/s" else ceilings["copy"]["gbps"]
+    for e in rec["kernels"] + ([ref] if ref else []):
+        if e["rate"]:
+            e["pct_of_ceiling"] = 100 * e["rate"] / ceiling
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def print_results(result) -> None:
+    env = result["environment"]
+    print(f"\n{describe_environment(env)}")
+    print(f"mode: {result['mode']} - {result['mode_note']}")
+    c = result["ceilings"]
+    if c:
+        print(f"measured ceilings: copy {c['copy']['gbps']:,.0f} GB/s; cuBLAS SGEMM {c['sgemm']['tflops']:.1f} TFLOP/s (n={c['sgemm']['n']}, FP32)")
+    sim = result["mode"] == "sim"
+    headers = ["op", "case", "shape", "impl"] + (["check (rel. error)"] if sim else ["median", "p10..p90", "rate", "% ceiling", "% cuBLAS"])
+    rows = []
+    for rec in result["results"]:
+        entries = [e for e in rec["kernels"] + [rec["reference"], rec["host"]] if e is not None]
+        missing = [e["name"] for e in entries if e["status"] == NO_GPU]
+        if missing:  # one line for all the GPU implementations that could not run
+            entries = [{"name": ", ".join(missing), "status": NO_GPU, "timing": None, "check": None}] + [e for e in entries if e["status"] != NO_GPU]
+        for e in entries:
+            head = [rec["op"], rec["label"], rec["shape"], e["name"]]
+            if sim:
+                rows.append(head + [f"ok ({e['check']['rel_error']:.1e})" if e["check"] else e["status"]])
+            elif e["timing"]:
+                ms = e["timing"]["ms"]
+                pct = lambda x: f"{x:.1f}%" if x is not None else ""  # noqa: E731
+                rows.append(head + [fmt_ms(ms["median"]), f"{fmt_ms(ms['p10'])}..{fmt_ms(ms['p90'])}",
+                                    f"{fmt_num(e['rate'])} {rec['unit']}", pct(e["pct_of_ceiling"]), pct(e["pct_of_reference"])])
+            else:
+                rows.append(head + [e["status"], "", "", "", ""])
+    print(text_table(headers, rows))
+    behind = sum(e["timing"].get("host_behind", 0) for rec in result["results"] for e in rec["kernels"] + [rec["reference"]] if e and e["timing"])
+    if behind:
+        print(f"note: {behind} timed GPU call(s) were queued slower than the delay ahead of them; their times may include launch latency")
+
+
+def plot(result, path) -> None:
+    """Left: matmul GFLOP/s against n, per variant, cuBLAS and NumPy. Right: GB/s of the other ops.
+
+    Colour names the implementation (matmul) or the op (the rest); dashed lines are NumPy on the host.
+    """
+    plt = require_plotting()
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter, NullLocator
+
+    fig, (ax_mm, ax_bw) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict = {}
+    for rec in (r for r in result["results"] if r["group"] == "square"):
+        for e in rec["kernels"] + [rec["reference"], rec["host"]]:
+            if e and e["rate"]:
+                who = e["name"] if rec["op"] == "matmul" else rec["op"]
+                series.setdefault((rec["op"] == "matmul", who, e["name"] == "NumPy"), []).append((rec["dims"][0], e["rate"]))
+    colours: dict = {}
+    for (is_mm, who, numpy_line), pts in sorted(series.items()):
+        pts.sort()
+        colour = colours.setdefault((is_mm, who), f"C{len([k for k in colours if k[0] == is_mm])}")
+        label = f"{who} (NumPy)" if numpy_line and who != "NumPy" else who
+        (ax_mm if is_mm else ax_bw).plot([p[0] for p in pts], [p[1] for p in pts], "--" if numpy_line else "-",
+                                         color=colour, marker="o", ms=3, label=label)
+    ceil = result["ceilings"]
+    if ceil:
+        ax_mm.axhline(ceil["sgemm"]["tflops"] * 1e3, color="grey", lw=0.8, ls=":", label="SGEMM ceiling")
+        ax_bw.axhline(ceil["copy"]["gbps"], color="grey", lw=0.8, ls=":", label="copy ceiling")
+    sizes = sorted({r["dims"][0] for r in result["results"] if r["group"] == "square"})
+    for ax, title, unit in ((ax_mm, "matmul, n x n x n", "GFLOP/s"), (ax_bw, "the other ops, n x n", "GB/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        if sizes:
+            ax.set_xticks(sizes, [str(n) for n in sizes])
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("n")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    env = result["environment"]
+    what = f"device: {env['device']}" if result["mode"] == "gpu" else "no GPU: NumPy on the host only"
+    fig.suptitle(f"rawgpu kernels; {what}; host: {env['machine'].get('cpu_model')}; {env['date'][:10]}", fontsize=10)
+    fig.tight_layout()
+    save_plot(fig, path)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.sim and args.plot:
+        raise BenchError("--plot needs timings, and a --sim run is correctness-only; drop one of them")
+    check_outputs(args)
+    if args.sim:
+        mode = "sim"
+    else:
+        from rawgpu.engine import probe_gpu
+
+        mode = "gpu" if probe_gpu()[0] else "host"
+    defaults = (QUICK if args.quick else DEFAULTS)[mode]
+    sizes = args.sizes or defaults["sizes"]
+    mlp = args.mlp or defaults["mlp"]
+    if len(mlp) != 3:
+        raise BenchError(f"--mlp takes three numbers D,H,C (inputs, hidden, classes), got {len(mlp)}")
+    batch = args.batch or defaults["batch"]
+
+    ctx = Context(args, mode)  # picks the engine: the simulator must be switched on before anything else loads numba.cuda
+    env = environment()
+    notes = {
+        "gpu": "kernels and cuBLAS timed with CUDA events; NumPy timed on the host clock",
+        "host": "no GPU: kernel rows say 'no GPU'; only NumPy on the host is timed",
+        "sim": "Numba's CUDA simulator: every kernel checked against float64 NumPy; nothing timed (the simulator says nothing about speed)",
+    }
+    print(f"{describe_environment(env)}\nmode: {mode} - {notes[mode]}", file=sys.stderr)
+    if mode == "gpu":
+        print("measuring the device's ceilings ...", file=sys.stderr)
+        ctx.ceilings = measure_ceilings(ctx)
+
+    problems = square_problems(sizes, args.ops) + mlp_problems(batch, *mlp, args.ops)
+    results = []
+    for i, problem in enumerate(problems, 1):
+        print(f"[{i}/{len(problems)}] {problem.op} {problem.shape_text} ({problem.label})", file=sys.stderr, flush=True)
+        results.append(run_problem(problem, ctx))
+
+    result = {
+        "bench": "kernels",
+        "schema": SCHEMA,
+        "mode": mode,
+        "mode_note": notes[mode],
+        "environment": env,
+        "settings": {
+            "sizes": sizes, "mlp": mlp, "batch": batch, "ops": args.ops, "variants": args.variants,
+            "quick": args.quick, "budget_s": args.budget, "host_max_size": args.host_max_size, "seed": args.seed,
+            "tolerance": TOLERANCE, "reps": {k: dict(zip(("warmup", "min", "max"), v)) for k, v in ctx.reps.items()},
+            "cupy_tf32": os.environ.get("CUPY_TF32"),
+            "launch": _launch_settings(mode),
+        },
+        "timing": ctx.gpu_timer.describe() if ctx.gpu_timer else None,
+        "ceilings": ctx.ceilings,
+        "results": results,
+    }
+    emit(result, args, print_results, plot)
+    return 0
+
+
+def _launch_settings(mode):
+    """The kernel engine's launch settings (tile sizes, threads per block), as the results used them."""
+    if mode == "host":
+        return None
+    from rawgpu.backends.kernel_backend import LAUNCH
+
+    settings = LAUNCH["cuda" if mode == "gpu" else "sim"]
+    return {k: ({n: repr(c) for n, c in v.items()} if k == "matmul" else v) for k, v in settings.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, "bench/kernels.py"))

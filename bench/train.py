@@ -1,0 +1,280 @@
+"""End-to-end training benchmark: rawgpu (cuda, numpy) against PyTorch (GPU, CPU).
+
+    python bench/train.py                         # Fashion-MNIST, 784-128-10, batch 128, plus the sweeps
+    python bench/train.py --quick --json t.json   # the bundled sample, tiny sweeps: a smoke test
+    python bench/train.py --systems rawgpu-numpy,torch-cpu --no-sweep
+
+Each system trains the same network from the same initial weights (see train_systems.py) for
+``--epochs`` epochs at the main setting (hidden 128, batch 128) and ``--sweep-epochs`` at every
+point of a sweep of the hidden size and of the batch size. Reported per run: the first epoch
+(warm-up) apart, the median epoch time over the rest with its spread, the final test accuracy,
+and the time per step; on a GPU the step is split into kernel time and overhead. Systems that
+cannot run here (no GPU, no PyTorch) are listed with the reason, never estimated.
+See bench/README.md for the method and every JSON field.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("CUPY_TF32", "0")  # before CuPy loads: FP32 products stay FP32
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+from common import (  # noqa: E402
+    emit, SCHEMA, BenchError, check_outputs, choice_list, describe_environment, environment, fmt_ms, int_list,
+    positive_int, require_plotting, run_main, save_plot, seed_int, text_table,
+)
+from train_systems import (  # noqa: E402
+    LR, MOMENTUM, SYSTEMS, TorchRun, run_rawgpu, split_rawgpu_step, summarize_epochs, torch_threads, unavailable,
+)
+
+DATASETS = ("fashion-mnist", "mnist", "sample")
+FULL = {"epochs": 5, "sweep_epochs": 3, "hidden_sweep": [128, 256, 512, 1024, 2048, 4096],
+        "batch_sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096], "profile_steps": 50, "dataset": "fashion-mnist"}
+QUICK = {"epochs": 2, "sweep_epochs": 2, "hidden_sweep": [32, 128], "batch_sweep": [64, 128],
+         "profile_steps": 5, "dataset": "sample"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench/train.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the bundled sample, 2 epochs, tiny sweeps: a smoke test")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON (fields: bench/README.md)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG: epoch time against hidden size and batch size (needs matplotlib)")
+    p.add_argument("--dataset", choices=DATASETS, help="default fashion-mnist (--quick: sample)")
+    p.add_argument("--systems", type=choice_list(SYSTEMS), metavar="S,...", default=list(SYSTEMS), help=f"default all: {', '.join(SYSTEMS)}")
+    p.add_argument("--epochs", type=positive_int, help="epochs at the main setting (default 5; the first is warm-up)")
+    p.add_argument("--sweep-epochs", type=positive_int, help="epochs at each sweep point (default 3)")
+    p.add_argument("--hidden", type=positive_int, default=128, help="hidden units at the main setting (default 128)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size at the main setting (default 128)")
+    p.add_argument("--hidden-sweep", type=int_list, metavar="H,...", help="hidden sizes (at the main batch size); default 128..4096")
+    p.add_argument("--batch-sweep", type=int_list, metavar="B,...", help="batch sizes (at the main hidden size); default 32..4096")
+    p.add_argument("--no-sweep", action="store_true", help="only the main setting")
+    p.add_argument("--profile-steps", type=int, metavar="N", help="steps timed to split a GPU step into kernels and overhead (0: off)")
+    p.add_argument("--seed", type=seed_int, default=0, help="initial weights and shuffling (default 0)")
+    return p
+
+
+def settings_from(args) -> dict:
+    base = QUICK if args.quick else FULL
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else base[name]  # noqa: E731
+    s = {name: pick(name) for name in ("epochs", "sweep_epochs", "hidden_sweep", "batch_sweep", "profile_steps", "dataset")}
+    if s["profile_steps"] < 0:
+        raise BenchError(f"--profile-steps must be >= 0, got {s['profile_steps']}")
+    if args.no_sweep:
+        s["hidden_sweep"], s["batch_sweep"] = [], []
+    s.update(hidden=args.hidden, batch_size=args.batch_size, systems=args.systems, seed=args.seed, quick=args.quick, lr=LR, momentum=MOMENTUM)
+    return s
+
+
+def plan(s) -> list[dict]:
+    """The settings to run: the main one, then each sweep point (a point in both sweeps runs once)."""
+    points: dict = {(s["hidden"], s["batch_size"]): ["main"]}
+    for h in s["hidden_sweep"]:
+        points.setdefault((h, s["batch_size"]), []).append("hidden-sweep")
+    for b in s["batch_sweep"]:
+        points.setdefault((s["hidden"], b), []).append("batch-sweep")
+    return [{"hidden": h, "batch": b, "roles": roles, "epochs": s["epochs"] if "main" in roles else s["sweep_epochs"]}
+            for (h, b), roles in points.items()]
+
+
+def load_data(name: str):
+    from rawgpu import data
+
+    ds = data.load(name, progress=False)
+    return ds
+
+
+def run_one(system: str, point: dict, ds, s, why) -> dict:
+    """Train ``system`` at one setting; ``why`` is its (status, reason) when it cannot run here."""
+    run = {"system": system, "hidden": point["hidden"], "batch": point["batch"], "roles": point["roles"], "epochs_run": point["epochs"]}
+    if why:
+        return {**run, "status": why[0], "reason": why[1]}
+    h, b, e, seed = point["hidden"], point["batch"], point["epochs"], s["seed"]
+    split = None
+    if system.startswith("rawgpu"):
+        records = run_rawgpu(system.split("-")[1], ds, h, b, e, seed)
+        if system == "rawgpu-cuda" and s["profile_steps"]:
+            split = split_rawgpu_step(ds, h, b, seed, s["profile_steps"])
+    else:
+        trainer = TorchRun("cuda" if system == "torch-cuda" else "cpu", ds, h, b, seed)
+        records = trainer.epochs(e)
+        if s["profile_steps"]:
+            split = trainer.split_step(s["profile_steps"])
+    return {**run, "status": "ok", "epochs": records, **summarize_epochs(records, len(ds.train_labels), b), "step_split": split}
+
+
+def ratios(runs) -> list[dict]:
+    """Epoch-time ratios at every setting where both systems of a pair ran."""
+    by = {(r["hidden"], r["batch"], r["system"]): r for r in runs if r["status"] == "ok"}
+    out = []
+    for h, b in dict.fromkeys((r["hidden"], r["batch"]) for r in runs):
+        t = lambda sys_: by.get((h, b, sys_), {}).get("median_epoch_s")  # noqa: E731
+        pair = lambda x, y: (t(x) / t(y)) if t(x) and t(y) else None  # noqa: E731
+        out.append({
+            "hidden": h, "batch": b,
+            "numpy_over_torch_cpu": pair("rawgpu-numpy", "torch-cpu"),
+            "cuda_over_torch_cuda": pair("rawgpu-cuda", "torch-cuda"),
+            "numpy_over_cuda": pair("rawgpu-numpy", "rawgpu-cuda"),
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def _epoch_cell(run) -> str:
+    if run is None:
+        return ""
+    if run["status"] != "ok":
+        return run["status"]
+    return f"{run['median_epoch_s']:.3g} s"
+
+
+def _ratio(x) -> str:
+    return f"{x:.2f}" if x is not None else "-"
+
+
+def main_table(result):
+    """(headers, rows, notes) for the main setting: one row per system, notes for those that did not run."""
+    rows, notes = [], []
+    for r in (r for r in result["runs"] if "main" in r["roles"]):
+        if r["status"] != "ok":
+            rows.append([r["system"], r["status"], "", "", "", "", ""])
+            notes.append(f"{r['system']}: {r['status']}: {r['reason']}")
+            continue
+        sp, e = r["step_split"], r["epoch_s"]
+        rows.append([
+            r["system"], f"{r['median_epoch_s']:.3g} s", f"{e['min']:.3g}..{e['max']:.3g} s (n={e['n']})", f"{r['first_epoch_s']:.3g} s",
+            f"{r['final_test_accuracy']:.4f}", fmt_ms(r["step_ms"]),
+            f"{fmt_ms(sp['kernel_ms']['median'])} + {fmt_ms(sp['overhead_ms'])}" if sp else "-",
+        ])
+    headers = ["system", "epoch (median)", "range of timed epochs", "first epoch", "test accuracy", "time per step", "step: kernels + overhead"]
+    return headers, rows, notes
+
+
+def main_caption(result) -> str:
+    s = result["settings"]
+    return (f"{result['dataset']['input_features']}-{s['hidden']}-{result['dataset']['classes']}, batch {s['batch_size']}, "
+            f"{s['epochs']} epochs (the first is warm-up: shown apart, not in the median)")
+
+
+def ratio_line(result) -> str:
+    m = result["main_ratios"]
+    return (f"epoch-time ratio rawgpu-numpy / torch-cpu: {_ratio(m['numpy_over_torch_cpu'])}; "
+            f"rawgpu-cuda / torch-cuda: {_ratio(m['cuda_over_torch_cuda'])}")
+
+
+def print_results(result) -> None:
+    print(f"\n{describe_environment(result['environment'])}")
+    d = result["dataset"]
+    print(f"data: {d['source']}")
+    headers, rows, notes = main_table(result)
+    print(f"\nmain setting: {main_caption(result)}")
+    print(text_table(headers, rows))
+    for note in notes:
+        print(f"  {note}")
+    print(ratio_line(result))
+    for role, key in (("hidden-sweep", "hidden"), ("batch-sweep", "batch")):
+        table = sweep_table(result, role, key)
+        if table:
+            print(f"\n{role}: median epoch time ({result['settings']['sweep_epochs']} epochs per point, first excluded)")
+            print(text_table(*table))
+
+
+def sweep_table(result, role, key):
+    """(headers, rows) of epoch time per system along one sweep, with the numpy / torch-cpu ratio."""
+    runs = [r for r in result["runs"] if role in r["roles"]]
+    if not runs:
+        return None
+    systems = result["settings"]["systems"]
+    values = sorted({r[key] for r in runs})
+    ratio = {(x["hidden"], x["batch"]): x["numpy_over_torch_cpu"] for x in result["ratios"]}
+    rows = []
+    for v in values:
+        at = {r["system"]: r for r in runs if r[key] == v}
+        some = next(iter(at.values()))
+        rows.append([v] + [_epoch_cell(at.get(s)) for s in systems] + [_ratio(ratio.get((some["hidden"], some["batch"])))])
+    return [key] + systems + ["numpy/torch-cpu"], rows
+
+
+def plot(result, path) -> None:
+    plt = require_plotting()
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter, NullLocator
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, role, key in ((axes[0], "hidden-sweep", "hidden"), (axes[1], "batch-sweep", "batch")):
+        for system in result["settings"]["systems"]:
+            pts = sorted((r[key], r["median_epoch_s"]) for r in result["runs"] if role in r["roles"] and r["system"] == system and r["status"] == "ok")
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=system)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("hidden units" if key == "hidden" else "batch size")
+        ax.set_ylabel("median epoch time (s)")
+        other = "batch" if key == "hidden" else "hidden"
+        ax.set_title(f"{key} sweep ({other} {result['settings']['batch_size' if key == 'hidden' else 'hidden']})")
+        ax.grid(alpha=0.3, which="both")
+        ticks = sorted({r[key] for r in result["runs"] if role in r["roles"]})
+        if ticks:  # label the sizes that ran, in plain numbers
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        if ax.lines:
+            ax.legend(fontsize=8)
+    env = result["environment"]
+    skipped = sorted({r["system"] for r in result["runs"] if r["status"] != "ok"})
+    note = f"; not run here: {', '.join(skipped)}" if skipped else ""
+    fig.suptitle(f"training on {result['dataset']['name']}; device: {env['device']}; host: {env['machine'].get('cpu_model')}; "
+                 f"{env['date'][:10]}{note}", fontsize=9)
+    fig.tight_layout()
+    save_plot(fig, path)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_outputs(args)
+    s = settings_from(args)
+    ds = load_data(s["dataset"])
+    env = environment()
+    from common import numpy_threads
+
+    threads = numpy_threads()["threads"]
+    why = {system: unavailable(system) for system in s["systems"]}
+    s["torch_threads"] = torch_threads(threads) if unavailable("torch-cpu") is None else None
+    print(f"{describe_environment(env)}\ndata: {ds.source}", file=sys.stderr)
+
+    # One system at a time through every setting: alternating NumPy's BLAS threads and PyTorch's
+    # OpenMP threads on the same cores would make each wait for the other's spinning threads.
+    runs = []
+    points = plan(s)
+    for system in s["systems"]:
+        for i, point in enumerate(points, 1):
+            if not why[system]:
+                print(f"{system} [{i}/{len(points)}]: hidden {point['hidden']}, batch {point['batch']}, {point['epochs']} epochs", file=sys.stderr, flush=True)
+            runs.append(run_one(system, point, ds, s, why[system]))
+    all_ratios = ratios(runs)
+    main_ratio = next(x for x in all_ratios if (x["hidden"], x["batch"]) == (s["hidden"], s["batch_size"]))
+    result = {
+        "bench": "train",
+        "schema": SCHEMA,
+        "environment": env,
+        "dataset": {
+            "name": s["dataset"], "source": ds.source, "train": int(len(ds.train_labels)), "test": int(len(ds.test_labels)),
+            "classes": int(ds.num_classes), "input_features": int(ds.train_images[0].size),
+        },
+        "settings": s,
+        "runs": runs,
+        "ratios": all_ratios,
+        "main_ratios": main_ratio,
+    }
+    emit(result, args, print_results, plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, "bench/train.py"))

@@ -1,0 +1,303 @@
+"""The systems ``bench/train.py`` compares, each training the same network the same way.
+
+Every system trains ``D-H-C`` (Linear, ReLU, Linear) with mean cross-entropy and SGD (learning
+rate 0.01, momentum 0.9), on inputs scaled to ``(x/255 - 0.5)/0.5``, reshuffled every epoch,
+starting from the same initial weights (rawgpu's, drawn from the seed). The whole data set sits
+on the system's device before the first epoch, and an epoch's clock covers its training steps
+only: the shuffle before it and the test evaluation after it are outside, as in rawgpu's
+trainer. Each runner returns one record per epoch: ``seconds``, ``train_loss``,
+``test_accuracy``.
+
+* ``rawgpu-cuda``, ``rawgpu-numpy``: ``rawgpu.train.train`` on that engine, unchanged.
+* ``torch-cuda``, ``torch-cpu``: PyTorch eager, the textbook loop. It accumulates the loss on
+  the device and reads it once per epoch, so no step waits for the GPU; rawgpu's trainer reads
+  the loss after every step (to stop on a diverged loss), which costs it a sync per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import numpy as np
+
+from common import NO_GPU, summarize
+
+SYSTEMS = ("rawgpu-cuda", "rawgpu-numpy", "torch-cuda", "torch-cpu")
+LR, MOMENTUM = 0.01, 0.9
+EVAL_BATCH = 1000
+
+
+def unavailable(system: str) -> tuple[str, str] | None:
+    """(status, reason) when ``system`` cannot run here, e.g. ("no GPU", "CuPy sees no CUDA device");
+    None when it can."""
+    if system == "rawgpu-numpy":
+        return None
+    if system == "rawgpu-cuda":
+        from rawgpu.engine import probe_gpu
+
+        usable, why = probe_gpu()
+        return None if usable else (NO_GPU, why)
+    try:
+        import torch
+    except ImportError:
+        return "no PyTorch", "PyTorch is not installed (pip install torch)"
+    if system == "torch-cuda" and not torch.cuda.is_available():
+        return NO_GPU, "torch.cuda.is_available() is False"
+    return None
+
+
+def initial_weights(d: int, h: int, c: int, seed: int) -> dict:
+    """The weights rawgpu's TwoLayerMLP starts from for ``seed`` (NumPy, W stored (in, out))."""
+    import rawgpu
+
+    rawgpu.use("numpy")  # the runners pick their own engine again; this only draws the weights
+    return rawgpu.TwoLayerMLP(d, h, c, seed=seed).state_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# rawgpu
+# ---------------------------------------------------------------------------------------------
+
+
+def run_rawgpu(engine: str, data, hidden: int, batch: int, epochs: int, seed: int) -> list[dict]:
+    import rawgpu
+    from rawgpu.train import TrainConfig, train
+
+    rawgpu.use(engine)
+    config = TrainConfig(epochs=epochs, batch_size=batch, hidden=hidden, seed=seed, lr=LR, momentum=MOMENTUM)
+    records = train(data, config, progress=False, log=lambda msg: None)
+    return [{k: r[k] for k in ("epoch", "seconds", "train_loss", "test_accuracy")} for r in records]
+
+
+class _CallRecorder:
+    """Records the op calls an engine's backend receives (the kernels of a training step).
+
+    rawgpu's op layer validates arguments, then calls the backend; wrapping the backend's methods
+    captures exactly the kernel launches of a step, with their arrays, so they can be replayed.
+    """
+
+    METHODS = ("matmul", "bias_add", "bias_relu", "relu_backward", "col_sum", "softmax_cross_entropy", "sgd_momentum_", "correct_count")
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def __enter__(self):
+        for name in self.METHODS:
+            original = getattr(self.backend, name)
+
+            def wrapper(*args, _original=original, **kwargs):
+                self.calls.append((_original, args, kwargs))
+                return _original(*args, **kwargs)
+
+            setattr(self.backend, name, wrapper)  # an instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.METHODS:
+            delattr(self.backend, name)
+
+
+def split_rawgpu_step(data, hidden: int, batch: int, seed: int, steps: int) -> dict:
+    """Kernel time versus everything else in one rawgpu-cuda training step (see bench/README.md).
+
+    wall: host clock around ``loss_and_grads`` + ``opt.step()`` and a final synchronize.
+    kernel: the same step's backend calls replayed back to back behind a GPU delay, timed with
+    CUDA events, so only the kernels' own execution is counted.
+    overhead = wall - kernel: Python, argument checks (with the label check's read-back), launch
+    latency and the loss read-back.
+    """
+    import rawgpu
+    from rawgpu.train import prepare_images
+
+    eng = rawgpu.use("cuda")
+    d, c = int(np.prod(data.train_images.shape[1:])), int(data.num_classes)
+    model = rawgpu.TwoLayerMLP(d, hidden, c, seed=seed)
+    opt = rawgpu.SGD(model, LR, MOMENTUM)
+    x = eng.asarray(prepare_images(data.train_images[:batch]))
+    y = eng.asarray(np.asarray(data.train_labels[:batch], dtype=np.int32))
+
+    def step():
+        model.loss_and_grads(x, y)
+        opt.step()
+
+    for _ in range(10):  # warm-up: JIT compilation, allocator, caches
+        step()
+    eng.synchronize()
+    wall = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        eng.synchronize()
+        wall.append((time.perf_counter() - t0) * 1e3)
+
+    with _CallRecorder(eng.backend) as rec:
+        step()
+    calls = rec.calls
+
+    def replay(_):
+        for fn, args, kwargs in calls:
+            fn(*args, **kwargs)
+
+    gpu = _gpu_timer().time(replay, 1, warmup=3, min_reps=steps, max_reps=steps, budget_s=0.0, flush=False)
+    return _split(summarize(wall), gpu, len(calls), "replayed backend calls behind a GPU delay kernel, CUDA events")
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_timer():
+    from timing import GpuTimer
+
+    return GpuTimer()
+
+
+def _split(wall: dict, gpu: dict, ops: int | None, how: str) -> dict:
+    kernel = gpu["ms"]["median"]
+    return {
+        "wall_ms": wall,
+        "kernel_ms": gpu["ms"],
+        "overhead_ms": wall["median"] - kernel,
+        "kernel_fraction": kernel / wall["median"],
+        "ops_per_step": ops,
+        "host_behind": gpu["host_behind"],
+        "how": how,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch
+# ---------------------------------------------------------------------------------------------
+
+
+class TorchRun:
+    """One PyTorch training run: the same network, data and initial weights as rawgpu's."""
+
+    def __init__(self, device: str, data, hidden: int, batch: int, seed: int):
+        import torch
+        from torch import nn
+
+        from rawgpu.train import prepare_images
+
+        self.torch, self.dev, self.batch = torch, torch.device(device), batch
+        self.cuda = self.dev.type == "cuda"
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = False  # FP32 products, as rawgpu computes them
+        put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.dev)  # noqa: E731
+        self.x = put(prepare_images(data.train_images))
+        self.y = put(np.asarray(data.train_labels, dtype=np.int64))
+        self.x_test = put(prepare_images(data.test_images))
+        self.y_test = put(np.asarray(data.test_labels, dtype=np.int64))
+        d, c = self.x.shape[1], int(data.num_classes)
+        w = initial_weights(d, hidden, c, seed)
+        self.model = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, c)).to(self.dev)
+        with torch.no_grad():  # nn.Linear stores weights (out, in): the transpose of rawgpu's
+            for layer, wn, bn in ((self.model[0], "W1", "b1"), (self.model[2], "W2", "b2")):
+                layer.weight.copy_(torch.from_numpy(w[wn].T.copy()))
+                layer.bias.copy_(torch.from_numpy(w[bn]))
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.gen = torch.Generator(device=self.dev).manual_seed(seed)
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def step(self, xb, yb):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(xb), yb)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def epochs(self, epochs: int) -> list[dict]:
+        torch, n, bs = self.torch, self.x.shape[0], self.batch
+        records = []
+        for epoch in range(1, epochs + 1):
+            perm = torch.randperm(n, device=self.dev, generator=self.gen)
+            xs, ys = self.x[perm], self.y[perm]
+            self.sync()
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), device=self.dev)
+            for lo in range(0, n, bs):
+                xb, yb = xs[lo : lo + bs], ys[lo : lo + bs]
+                loss_sum += self.step(xb, yb).detach() * xb.shape[0]
+            self.sync()
+            seconds = time.perf_counter() - start
+            records.append({"epoch": epoch, "seconds": seconds, "train_loss": float(loss_sum) / n, "test_accuracy": self.accuracy()})
+        return records
+
+    def accuracy(self) -> float:
+        torch, correct = self.torch, 0
+        with torch.no_grad():
+            for lo in range(0, self.x_test.shape[0], EVAL_BATCH):
+                z = self.model(self.x_test[lo : lo + EVAL_BATCH])
+                correct += int((z.argmax(dim=1) == self.y_test[lo : lo + EVAL_BATCH]).sum())
+        return correct / self.x_test.shape[0]
+
+    def split_step(self, steps: int) -> dict | None:
+        """Kernel time versus the rest of one step, like ``split_rawgpu_step`` (GPU only).
+
+        The GPU delay is ``torch.cuda._sleep`` (cycles, calibrated here against CUDA events).
+        """
+        torch = self.torch
+        if not self.cuda or not hasattr(torch.cuda, "_sleep"):
+            return None
+        xb, yb = self.x[: self.batch], self.y[: self.batch]
+        for _ in range(10):
+            self.step(xb, yb)
+        self.sync()
+        wall = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            self.step(xb, yb)
+            self.sync()
+            wall.append((time.perf_counter() - t0) * 1e3)
+        cycles_per_ms = self._sleep_rate()
+        delay_ms = max(0.2, 3 * float(np.median(wall)))
+        gpu, behind = [], 0
+        for _ in range(steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(int(delay_ms * cycles_per_ms))
+            h0 = time.perf_counter()
+            start.record()
+            self.step(xb, yb)
+            end.record()
+            behind += (time.perf_counter() - h0) * 1e3 > delay_ms
+            end.synchronize()
+            gpu.append(start.elapsed_time(end))
+        return _split(summarize(wall), {"ms": summarize(gpu), "host_behind": behind}, None, "torch.cuda._sleep ahead of the step, CUDA events")
+
+    def _sleep_rate(self) -> float:
+        torch = self.torch
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)  # warm-up
+        start.record()
+        torch.cuda._sleep(10_000_000)
+        end.record()
+        end.synchronize()
+        return 10_000_000 / start.elapsed_time(end)
+
+
+def torch_threads(threads: int) -> dict:
+    """Give PyTorch's CPU ops as many threads as NumPy's BLAS has, and report what it took."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
+
+
+def summarize_epochs(records: list[dict], n_train: int, batch: int) -> dict:
+    """First epoch apart (warm-up: compilation, allocation), median and spread of the others."""
+    timed = records[1:] if len(records) > 1 else records
+    seconds = summarize(r["seconds"] for r in timed)
+    steps = math.ceil(n_train / batch)
+    return {
+        "first_epoch_s": records[0]["seconds"],
+        "epoch_s": seconds,
+        "median_epoch_s": seconds["median"],
+        "steps_per_epoch": steps,
+        "step_ms": seconds["median"] / steps * 1e3,
+        "samples_per_s": n_train / seconds["median"],
+        "final_test_accuracy": records[-1]["test_accuracy"],
+        "final_train_loss": records[-1]["train_loss"],
+    }
