@@ -62,7 +62,9 @@ def _output(name, out, eng, shape, dtype=np.float32):
     return out
 
 
-def _check_labels(labels, eng, rows, classes):
+def validate_labels(labels, rows, classes, eng=None):
+    """Check ``labels`` (int32, ``(rows,)``) against ``classes``; a ValueError says what is wrong."""
+    eng = eng or _engine.current()
     _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
     if rows:
         # One comparison, one host read: seen as unsigned, a negative int32 is >= 2**31, so
@@ -151,7 +153,7 @@ def col_sum(x, *, out=None):
     return out
 
 
-def softmax_cross_entropy(logits, labels, *, grad_out=None):
+def softmax_cross_entropy(logits, labels, *, grad_out=None, check_labels=True):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
     For a batch of ``B`` rows, ``loss = mean_i(logsumexp(z_i) - z_i[y_i])`` and
@@ -159,12 +161,21 @@ def softmax_cross_entropy(logits, labels, *, grad_out=None):
     ``loss`` is a 0-d float32 array of the engine's kind (``float(loss)`` reads it) and ``grad``
     has the shape of ``logits`` (written into ``grad_out`` when given). Computed with the row
     maximum subtracted, so logits of +-1e4 stay finite.
+
+    ``check_labels=False`` skips the range check of the labels on the ``cuda`` engine, where it
+    costs a read back to the host, a synchronisation, at every call: for callers that checked
+    their labels once already, like the training loop. A label out of range then makes the loss
+    NaN (the kernels never read or write out of bounds). The host engines check always: there
+    the check is cheap, and NumPy's indexing would quietly wrap a negative label.
     """
     eng = _engine.current()
     rows, classes = _check("logits", logits, eng, ndim=2)
     if rows < 1 or classes < 1:
         raise ValueError(f"logits must have at least one row and one class, got shape {(rows, classes)}")
-    _check_labels(labels, eng, rows, classes)
+    if check_labels or not eng.is_device:
+        validate_labels(labels, rows, classes, eng)
+    else:
+        _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
     grad = _output("grad_out", grad_out, eng, (rows, classes))
     loss = eng.backend.softmax_cross_entropy(logits, labels, grad)
     return loss, grad

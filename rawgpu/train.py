@@ -22,6 +22,7 @@ import numpy as np
 
 from rawgpu import checkpoint as ckpt
 from rawgpu import engine as _engine
+from rawgpu import ops
 from rawgpu.model import TwoLayerMLP
 from rawgpu.optim import SGD
 from rawgpu.progress import Progress
@@ -66,12 +67,17 @@ def prepare_images(images: np.ndarray) -> np.ndarray:
 
 
 class DeviceSplit:
-    """One split of a dataset on the engine, with a shuffle buffer reused every epoch."""
+    """One split of a dataset on the engine, with a shuffle buffer reused every epoch.
 
-    def __init__(self, eng, images, labels):
+    Its labels are checked here, once, so the training step need not check them again (on a GPU
+    that check would cost a synchronisation per step).
+    """
+
+    def __init__(self, eng, images, labels, num_classes: int):
         self.engine = eng
         self.x = eng.asarray(prepare_images(images))
         self.y = eng.asarray(np.asarray(labels, dtype=np.int32))
+        ops.validate_labels(self.y, len(self), num_classes)
         self._x_shuffled = None
         self._y_shuffled = None
 
@@ -123,8 +129,8 @@ def train(
     """Train on ``dataset`` (train/test images and labels) and return one record per epoch run."""
     config.validate()
     eng = _engine.current()
-    train_split = DeviceSplit(eng, dataset.train_images, dataset.train_labels)
-    test_split = DeviceSplit(eng, dataset.test_images, dataset.test_labels)
+    train_split = DeviceSplit(eng, dataset.train_images, dataset.train_labels, dataset.num_classes)
+    test_split = DeviceSplit(eng, dataset.test_images, dataset.test_labels, dataset.num_classes)
     in_features = train_split.x.shape[1]
     model = TwoLayerMLP(in_features, config.hidden, dataset.num_classes, seed=config.seed)
     opt = SGD(model, config.lr, config.momentum, config.weight_decay, config.nesterov)
@@ -158,7 +164,7 @@ def train(
         for step in range(steps):
             lo = step * bs
             xb, yb = x_all[lo : lo + bs], y_all[lo : lo + bs]
-            loss = model.loss_and_grads(xb, yb)
+            loss = model.loss_and_grads(xb, yb, check_labels=False)  # checked once, in DeviceSplit
             if not math.isfinite(loss):
                 bar.close()
                 raise TrainingError(

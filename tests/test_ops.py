@@ -202,6 +202,21 @@ def test_labels_are_checked(eng, rng):
         ops.softmax_cross_entropy(z, put(eng, np.array([0, -1, 2, 0], np.int32)))
     with pytest.raises(TypeError, match="labels must be int32"):
         ops.softmax_cross_entropy(z, put(eng, np.array([0, 1, 2, 0], np.int64)))
+    if not eng.is_device:  # the host engines check even when told they need not
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            ops.softmax_cross_entropy(z, put(eng, np.array([0, -1, 2, 0], np.int32)), check_labels=False)
+
+
+@pytest.mark.gpu
+def test_unchecked_bad_label_on_the_gpu_is_a_nan_loss(rng):
+    eng = rawgpu.use("cuda")
+    try:
+        z = put(eng, rand(rng, 4, 3))
+        loss, grad = ops.softmax_cross_entropy(z, put(eng, np.array([0, 3, 2, -1], np.int32)), check_labels=False)
+        assert np.isnan(float(loss))
+        assert np.isnan(eng.to_host(grad)[[1, 3]]).all() and np.isfinite(eng.to_host(grad)[[0, 2]]).all()
+    finally:
+        rawgpu.use("numpy")
     with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
         ops.correct_count(z, put(eng, np.array([0, 1], np.int32)))
 

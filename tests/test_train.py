@@ -105,3 +105,12 @@ def test_bad_hyperparameters_are_refused(field, value, message):
     setattr(cfg, field, value)
     with pytest.raises(ValueError, match=message):
         train(blobs(), cfg, **QUIET)
+
+
+def test_labels_outside_the_classes_are_refused_before_training():
+    """The loop checks the labels once, up front, and not at every step."""
+    ds = blobs(classes=4)
+    ds.test_labels = ds.test_labels.copy()
+    ds.test_labels[7] = 4
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        train(ds, TrainConfig(epochs=1, hidden=8), **QUIET)
