@@ -14,66 +14,61 @@ the tests force several passes with a tiny ``max_blocks``).
 
 from __future__ import annotations
 
+import functools
+
 from numba import cuda, float32
 
 from ._launch import check_threads, grid_stride_blocks
 
 
-@cuda.jit
-def _bias_add_kernel(x, bias, out):
-    rows, cols = x.shape
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for idx in range(start, rows * cols, stride):
-        i = idx // cols
-        j = idx - i * cols
-        out[i, j] = x[i, j] + bias[j]
+@functools.lru_cache(maxsize=None)
+def bias_kernel(relu: bool):
+    """``out = x + bias[None, :]``, then ``max(., 0)`` when ``relu`` (a compile-time constant)."""
 
+    @cuda.jit
+    def bias_act(x, bias, out):
+        rows, cols = x.shape
+        for idx in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
+            # The flat index walks along the rows, so neighbouring threads touch neighbouring
+            # addresses; the bias needs the column back.
+            i = idx // cols
+            j = idx - i * cols
+            v = x[i, j] + bias[j]
+            if relu and v < float32(0.0):
+                v = float32(0.0)
+            out[i, j] = v
 
-@cuda.jit
-def _bias_relu_kernel(x, bias, out):
-    rows, cols = x.shape
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for idx in range(start, rows * cols, stride):
-        i = idx // cols
-        j = idx - i * cols
-        v = x[i, j] + bias[j]
-        out[i, j] = v if v > float32(0.0) else float32(0.0)
+    return bias_act
 
 
 @cuda.jit
 def _relu_backward_kernel(grad, act, out):
-    rows, cols = grad.shape
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for idx in range(start, rows * cols, stride):
-        i = idx // cols
-        j = idx - i * cols
+    # Flat (1-D) views: every element is independent and no column index is needed.
+    for idx in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):
         # relu(h) = max(h, 0) has derivative 1 where h > 0 and 0 elsewhere; a = relu(h) > 0
         # exactly where h > 0, so the activation (which the forward pass kept) is the mask.
-        out[i, j] = grad[i, j] if act[i, j] > float32(0.0) else float32(0.0)
+        out[idx] = grad[idx] if act[idx] > float32(0.0) else float32(0.0)
 
 
 def _launch(kernel, arrays, threads, max_blocks, stream):
     check_threads("threads", threads)
-    rows, cols = arrays[0].shape
-    if rows * cols == 0:
+    n = arrays[0].size
+    if n == 0:
         return  # nothing to do, and CUDA refuses a grid of zero blocks
-    blocks = grid_stride_blocks(rows * cols, threads, max_blocks)
-    kernel[blocks, threads, stream](*arrays)
+    kernel[grid_stride_blocks(n, threads, max_blocks), threads, stream](*arrays)
 
 
 def bias_add(x, bias, out, *, threads=256, max_blocks=None, stream=0):
     """``out = x + bias[None, :]`` for x (B, N); ``out`` may be ``x``. The output layer's bias."""
-    _launch(_bias_add_kernel, (x, bias, out), threads, max_blocks, stream)
+    _launch(bias_kernel(False), (x, bias, out), threads, max_blocks, stream)
 
 
 def bias_relu(x, bias, out, *, threads=256, max_blocks=None, stream=0):
     """``out = max(x + bias[None, :], 0)`` for x (B, H); ``out`` may be ``x``."""
-    _launch(_bias_relu_kernel, (x, bias, out), threads, max_blocks, stream)
+    _launch(bias_kernel(True), (x, bias, out), threads, max_blocks, stream)
 
 
 def relu_backward(grad, act, out, *, threads=256, max_blocks=None, stream=0):
     """``out = grad * (act > 0)``, the gradient through a ReLU; ``out`` may be ``grad``."""
-    _launch(_relu_backward_kernel, (grad, act, out), threads, max_blocks, stream)
+    n = grad.size  # contiguous, so a flat view is free
+    _launch(_relu_backward_kernel, (grad.reshape(n), act.reshape(n), out.reshape(n)), threads, max_blocks, stream)
