@@ -236,8 +236,8 @@ def test_prepare():
 
 
 def test_unknown_dataset():
-    with pytest.raises(DataError, match="unknown dataset 'cifar10'; choose one of mnist, fashion-mnist, sample"):
-        data.load("cifar10")
+    with pytest.raises(DataError, match="unknown dataset 'cifar100'; choose one of mnist, fashion-mnist, cifar10, sample"):
+        data.load("cifar100")
 
 
 # --------------------------------------------------------------------------------------------

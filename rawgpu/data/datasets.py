@@ -1,6 +1,6 @@
 """The datasets rawgpu trains on, and where each comes from.
 
-Every dataset here is four IDX files with the standard names (raw or gzip-compressed)::
+The MNIST family is four IDX files with the standard names (raw or gzip-compressed)::
 
     train-images-idx3-ubyte   train-labels-idx1-ubyte   t10k-images-idx3-ubyte   t10k-labels-idx1-ubyte
 
@@ -12,7 +12,10 @@ Every dataset here is four IDX files with the standard names (raw or gzip-compre
   where it is installed (/usr/share/datasets/fashion-mnist), else downloaded like MNIST.
 * ``sample``: 3000 train + 1000 test Fashion-MNIST images shipped inside the package (see
   ``make_sample.py``), for machines that cannot download anything.
-* any folder holding the four files: ``load(name, data_dir=folder)`` or ``load_dir(folder)``.
+* ``cifar10``: CIFAR-10's official binary version (cifar-10-binary.tar.gz, read straight from
+  the archive; see ``cifar.py``), downloaded into the cache and checked like MNIST.
+* any folder holding the four files: ``load(name, data_dir=folder)`` or ``load_dir(folder)``;
+  a folder of CIFAR-10's six .bin batches (or its tar.gz) is recognised too.
 
 Images stay uint8 on the host; ``prepare`` turns them into the float32 rows the network eats,
 and the trainer copies those to the device once.
@@ -25,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from rawgpu.data import cifar as _cifar
 from rawgpu.data import download as _download
 from rawgpu.data.download import DEFAULT_TIMEOUT, download_file, sha256_file
 from rawgpu.data.errors import FIX_LOCAL, DataError
 from rawgpu.data.idx import read_idx
 
-DATASETS = ("mnist", "fashion-mnist", "sample")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "sample")
+_ALIASES = {"cifar-10": "cifar10"}
 
 # role -> standard file name (without .gz)
 STANDARD_FILES = {
@@ -51,7 +56,8 @@ class Remote:
     name: str
     title: str
     mirrors: tuple[str, ...]
-    files: dict  # "<standard name>.gz" -> (sha256, size in bytes)
+    files: dict  # file name ("<standard name>.gz", or the archive) -> (sha256, size in bytes)
+    local: str = "the four standard files"  # what --data-dir must hold instead of a download
 
 
 # MNIST (LeCun, Cortes, Burges). Digests and sizes as published by TensorFlow Datasets
@@ -95,7 +101,20 @@ FASHION_MNIST = Remote(
     },
 )
 
-REMOTES = {r.name: r for r in (MNIST, FASHION_MNIST)}
+# CIFAR-10 (Krizhevsky, Nair, Hinton), the binary version: one tar.gz read in place. The page
+# https://www.cs.toronto.edu/~kriz/cifar.html publishes its MD5, c32a1d4ab5d03f1284b67883e8d87530,
+# and its size, 170052171 bytes; the SHA-256 below is the one that many independent loaders pin
+# for that same file (e.g. Julia's MLDatasets and several training repositories, each alongside
+# the published MD5 and size).
+CIFAR10 = Remote(
+    name="cifar10",
+    title="CIFAR-10",
+    mirrors=("https://www.cs.toronto.edu/~kriz/",),
+    files={_cifar.ARCHIVE: ("c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd", 170052171)},
+    local=f"{_cifar.ARCHIVE} or its six .bin batch files",
+)
+
+REMOTES = {r.name: r for r in (MNIST, FASHION_MNIST, CIFAR10)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +123,7 @@ REMOTES = {r.name: r for r in (MNIST, FASHION_MNIST)}
 
 @dataclass
 class Dataset:
-    """Train and test images (uint8, (N, 28, 28) or (N, 784)) with their integer labels.
+    """Train and test images (uint8, (N, 28, 28), (N, 784) or (N, 3072)) with their integer labels.
 
     ``source`` is a sentence saying where the data came from (a folder, the cache, the bundled
     sample); ``files`` maps each role (``train_images``, ...) to the file it was read from, so
@@ -174,7 +193,7 @@ def _check_split(ds: Dataset, split: str) -> None:
 
 
 def prepare(images) -> np.ndarray:
-    """uint8 images (N, 28, 28) or (N, 784) -> float32 rows (N, 784) scaled to [-1, 1].
+    """uint8 images (N, 28, 28), (N, 784) or CIFAR-10's (N, 3072) -> float32 rows (N, pixels) in [-1, 1].
 
     Each pixel x in 0..255 becomes (x/255 - 0.5)/0.5: the usual MNIST normalisation with mean
     and standard deviation 0.5, so 0 -> -1 and 255 -> 1.
@@ -241,10 +260,9 @@ def _files_of(remote: Remote, digests) -> dict:
     if digests is None:
         return dict(remote.files)
     out = {}
-    for stem in STANDARD_FILES.values():
-        fname = stem + ".gz"
+    for fname in remote.files:
         if fname not in digests:
-            raise ValueError(f"digests must give a SHA-256 for each of the four files; {fname} is missing")
+            raise ValueError(f"digests must give a SHA-256 for each of the {len(remote.files)} files of {remote.title}; {fname} is missing")
         out[fname] = (digests[fname], None)
     return out
 
@@ -281,7 +299,8 @@ def fetch(
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Path:
-    """Make sure the four .gz files of ``name`` are in ``<cache>/<name>/``, verified; return that folder.
+    """Make sure the files of ``name`` (four .gz, or CIFAR-10's tar.gz) are in ``<cache>/<name>/``,
+    verified; return that folder.
 
     A cached file is hashed again before use (a few tens of milliseconds); one that does not
     match is downloaded again, atomically replacing it. ``mirrors`` (base URLs) and ``digests``
@@ -306,20 +325,83 @@ def fetch(
         elif not download:
             raise DataError(
                 f"{remote.title} is not in the cache ({path} is missing) and downloading is off; "
-                f"allow the download, or pass --data-dir with the four standard files"
+                f"allow the download, or pass --data-dir with {remote.local}"
             )
         try:
             download_file(fname, folder, mirrors, sha, size=size, progress=progress, timeout=timeout)
         except DataError as exc:
-            raise DataError(f"{remote.title}: {exc}") from None  # say which dataset failed, too
+            # Say which dataset failed, and (download_file's advice being MNIST's) what to put
+            # in a --data-dir folder instead of this dataset's download.
+            msg = str(exc).replace("put the four files in a folder", f"put {remote.local} in a folder")
+            raise DataError(f"{remote.title}: {msg}") from None
     return folder
 
 
 def _canonical(name) -> str:
     key = str(name).strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or pass --data-dir with a folder of IDX files")
     return key
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+def load_cifar(path, name: str = "cifar10", *, source: str | None = None) -> Dataset:
+    """CIFAR-10 from ``path``: a folder of the six .bin batches or of the tar.gz, or the tar.gz.
+
+    Images are uint8 (N, 3072), channel-major as stored (``prepare`` scales them like MNIST's);
+    labels uint8. See ``cifar.py`` for the format and the checks.
+    """
+    arrays, files = _cifar.read_cifar(path)
+    return Dataset(
+        name=name, **arrays, source=source or f"{name} (CIFAR-10 binary) from {Path(path)}",
+        num_classes=_cifar.NUM_CLASSES, files=files,
+    )
+
+
+def _is_idx_dataset(key) -> bool:
+    return key in ("mnist", "fashion-mnist", "sample")
+
+
+def _has_idx_files(folder: Path) -> bool:
+    return any((folder / s).is_file() or (folder / (s + ".gz")).is_file() for s in STANDARD_FILES.values())
+
+
+def load_path(path, name: str | None = None) -> Dataset:
+    """A dataset from a folder (or CIFAR-10 archive) the user named: IDX files or CIFAR-10, told apart here.
+
+    ``name`` 'cifar10' reads CIFAR-10; 'mnist', 'fashion-mnist' or 'sample' read the four IDX
+    files; any other name (the CLI's 'custom') looks at what is there: the IDX files when any of
+    them is, else CIFAR-10's batches or archive. The name labels the result.
+    """
+    path = Path(path)
+    key = None
+    if name is not None:
+        try:
+            key = _canonical(name)
+        except DataError:
+            key = None  # a label of the caller's own, not one of ours
+    label = name or "custom"
+    source = f"{label} from {path}"
+    if key == "cifar10":
+        return load_cifar(path, name=key, source=f"CIFAR-10 (binary version) from {path}")
+    if _is_idx_dataset(key) or not path.exists():
+        return load_dir(path, name=label, source=source)  # its errors name the missing folder and files
+    if path.is_dir() and _has_idx_files(path):
+        return load_dir(path, name=label, source=source)  # even a partial set: the error names what is missing
+    if _cifar.looks_like_cifar(path):
+        return load_cifar(path, name=label, source=f"{label} (CIFAR-10 binary) from {path}")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder (nor a CIFAR-10 .tar.gz); point --data-dir at a folder of IDX files or CIFAR-10 batches")
+    idx = ", ".join(STANDARD_FILES.values())
+    raise DataError(
+        f"{path}: none of the four standard IDX files ({idx}; each raw or .gz) and none of CIFAR-10's "
+        f"({_cifar.TRAIN_FILES[0]} ... {_cifar.TRAIN_FILES[-1]}, {_cifar.TEST_FILE}, or {_cifar.ARCHIVE}); "
+        f"put one of those sets there, or point --data-dir at a folder that has them"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,17 +431,17 @@ def load(
     digests=None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Dataset:
-    """Load a dataset by name ('mnist', 'fashion-mnist', 'sample'), or from a folder of IDX files.
+    """Load a dataset by name ('mnist', 'fashion-mnist', 'cifar10', 'sample'), or from a folder.
 
-    With ``data_dir`` the four standard files are read from that folder and ``name`` only labels
-    the result. Otherwise MNIST comes from the cache, downloaded there first if needed (and
+    With ``data_dir`` the files are read from that folder (see ``load_path``: the four IDX
+    files, or CIFAR-10's six .bin batches or its tar.gz) and ``name`` labels the result.
+    Otherwise MNIST and CIFAR-10 come from the cache, downloaded there first if needed (and
     ``download`` allows); Fashion-MNIST from the Debian package's folder where installed, else
     from the cache like MNIST; the sample from inside the package. ``cache_dir`` replaces the cache
     folder, ``mirrors`` and ``digests`` the download sources (see ``fetch``).
     """
     if data_dir is not None:
-        label = name or "custom"
-        return load_dir(data_dir, name=label, source=f"{label} from {Path(data_dir)}")
+        return load_path(data_dir, name)
     if name is None:
         raise DataError(f"no dataset named; choose one of {', '.join(DATASETS)}, or pass --data-dir with a folder of IDX files")
     key = _canonical(name)
@@ -372,4 +454,7 @@ def load(
         )
     remote = REMOTES[key]
     folder = fetch(key, cache_dir=cache_dir, mirrors=mirrors, digests=digests, download=download, progress=progress, timeout=timeout)
+    if key == "cifar10":
+        archive = folder / _cifar.ARCHIVE
+        return load_cifar(archive, name=key, source=f"{remote.title} from the cache {archive} (SHA-256 verified)")
     return load_dir(folder, name=key, source=f"{remote.title} from the cache {folder} (SHA-256 verified)")
