@@ -10,9 +10,23 @@
 The engine must be chosen before the first model is built; see :mod:`rawgpu.engine`.
 """
 
-from rawgpu.engine import EngineError, current, use
-from rawgpu.model import TwoLayerMLP
-from rawgpu.optim import SGD
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["use", "current", "EngineError", "TwoLayerMLP", "SGD", "__version__"]
+
+# The names above load on first use, not at ``import rawgpu``: the ``rawgpu`` command imports
+# this package before anything else, and keeping that import instant means a Ctrl-C in the first
+# moments lands in the command's own handler (one line, exit 130) rather than in NumPy's import.
+_LAZY = {
+    "use": "rawgpu.engine", "current": "rawgpu.engine", "EngineError": "rawgpu.engine",
+    "TwoLayerMLP": "rawgpu.model", "SGD": "rawgpu.optim",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rawgpu' has no attribute {name!r}")

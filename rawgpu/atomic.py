@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 
 
@@ -36,3 +37,37 @@ def atomic_file(path, mode: str = "wb", *, suffix: str = ".tmp"):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _temp_pattern(basename: str, suffix: str):
+    # mkstemp names: the prefix, eight random letters, digits or underscores, the suffix.
+    return re.compile(r"\." + re.escape(basename) + r"\.[A-Za-z0-9_]{8}" + re.escape(suffix) + r"\Z")
+
+
+def remove_stale_temps(path, *, older_than: float, now: float, suffix: str = ".tmp") -> list[str]:
+    """Delete the temporary files that interrupted writes of ``path`` left beside it.
+
+    Only files named the way :func:`atomic_file` (or the downloader, ``suffix=".part"``) names
+    them for this very ``path``, and only those last modified more than ``older_than`` seconds
+    before ``now``. Returns the paths removed.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    pattern = _temp_pattern(os.path.basename(path), suffix)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not pattern.match(name):
+            continue
+        full = os.path.join(folder, name)
+        try:
+            st = os.lstat(full)
+            if os.path.isfile(full) and not os.path.islink(full) and now - st.st_mtime >= older_than:
+                os.unlink(full)
+                removed.append(full)
+        except OSError:
+            pass  # gone already, or not ours to remove
+    return removed

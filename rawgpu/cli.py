@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 DATASETS = ("mnist", "fashion-mnist", "sample")
 DEVICES = ("auto", "cuda", "sim", "numpy")
+MAX_SIZE = 2**31 - 1  # the largest --hidden or --batch-size: the kernels index with 32-bit integers
 
 
-def number_arg(kind, *, minimum, inclusive=True):
-    """An argparse type: a finite number of ``kind`` above (or at) ``minimum`` (the benches use it too)."""
+def number_arg(kind, *, minimum, inclusive=True, maximum=None):
+    """An argparse type: a finite number of ``kind`` above (or at) ``minimum`` and at most
+    ``maximum`` where given (the benches use it too)."""
 
     def parse(text):
         try:
@@ -26,6 +29,8 @@ def number_arg(kind, *, minimum, inclusive=True):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value < minimum or (not inclusive and value == minimum):
             raise argparse.ArgumentTypeError(f"{text} must be {'>=' if inclusive else '>'} {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {maximum}")
         return value
 
     return parse
@@ -45,17 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=DEVICES, default=None, help="engine (default: RAWGPU_DEVICE, else auto)")
     hp = t.add_argument_group("hyperparameters")
     hp.add_argument("--epochs", type=number_arg(int, minimum=1), default=5)
-    hp.add_argument("--batch-size", type=number_arg(int, minimum=1), default=128)
+    hp.add_argument("--batch-size", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128)
     hp.add_argument("--lr", type=number_arg(float, minimum=0.0, inclusive=False), default=0.01)
     hp.add_argument("--momentum", type=number_arg(float, minimum=0.0), default=0.9)
     hp.add_argument("--weight-decay", type=number_arg(float, minimum=0.0), default=0.0)
     hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    hp.add_argument("--hidden", type=number_arg(int, minimum=1), default=128, help="hidden units")
+    hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="hidden units")
     hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0)
     out = t.add_argument_group("outputs")
     out.add_argument("--metrics", metavar="FILE", help="JSON lines, one record per epoch")
     out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch")
     out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced)")
     out.add_argument("--plot", metavar="FILE", help="a PNG of the loss and accuracy curves (needs the plot extra)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -78,7 +84,8 @@ def _load_data(args, log):
 
 def _train(args) -> int:
     import rawgpu
-    from rawgpu.train import TrainConfig, check_writable, train
+    from rawgpu import outputs
+    from rawgpu.train import TrainConfig, train
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     config = TrainConfig(
@@ -86,11 +93,18 @@ def _train(args) -> int:
         weight_decay=args.weight_decay, nesterov=args.nesterov, hidden=args.hidden, seed=args.seed,
     )
     config.validate()
-    check_writable(args.metrics, "--metrics")
-    check_writable(args.plot, "--plot")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (the folder holding the checkpoint)")
-    if args.plot:
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the checkpoint, or replace it")
+    # Every output is checked before the data is loaded (a download is work too); train() checks
+    # them again against the data files it reads, then locks the checkpoint folder.
+    outputs.check_file(args.metrics, "--metrics", "metrics")
+    outputs.check_file(args.plot, "--plot", "plot")
+    outputs.prepare_folder(args.checkpoint_dir, "--checkpoint-dir")
+    ckpt_file = os.path.join(args.checkpoint_dir, "checkpoint.npz") if args.checkpoint_dir else None
+    outputs.check_distinct({"--metrics": args.metrics, "--plot": args.plot, "--checkpoint-dir": ckpt_file}, {})
+    if args.plot is not None:
         from rawgpu.plot import require_matplotlib
 
         require_matplotlib()
@@ -109,12 +123,13 @@ def _train(args) -> int:
     )
     records = train(
         dataset, config, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume, progress=not args.no_progress, log=log,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, log=log,
+        other_outputs={"--plot": args.plot},
     )
     if records:
         last = records[-1]
         print(f"final test accuracy {last['test_accuracy']:.4f} (test loss {last['test_loss']:.4f}) after epoch {last['epoch']}")
-    if args.plot:
+    if args.plot is not None:
         from rawgpu.plot import plot_metrics
 
         plot_metrics(args.metrics, records, args.plot)
@@ -122,7 +137,7 @@ def _train(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _run_command(argv) -> int:
     args = build_parser().parse_args(argv)
     from rawgpu.checkpoint import CheckpointError
     from rawgpu.engine import EngineError
@@ -135,13 +150,23 @@ def main(argv=None) -> int:
             print(report())
             return 0
         return _train(args)
+    except MemoryError as exc:  # CuPy's OutOfMemoryError is a MemoryError too
+        detail = str(exc).splitlines()[0] if str(exc) else "the allocation failed"
+        print(f"rawgpu: error: out of memory ({detail}); lower --hidden or --batch-size", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
+        # DataError, CheckpointError and OutputError are ValueErrors; their messages name the file or flag.
+        print(f"rawgpu: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv=None) -> int:
+    """The console entry point. Ctrl-C at any moment, even while modules load, is one line and exit 130."""
+    try:
+        return _run_command(argv)
     except KeyboardInterrupt:
         print("rawgpu: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
-        # DataError and CheckpointError are ValueErrors; their messages already name the file.
-        print(f"rawgpu: error: {exc}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

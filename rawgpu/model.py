@@ -35,6 +35,8 @@ class TwoLayerMLP:
         for name, value in (("in_features", in_features), ("hidden", hidden), ("classes", classes)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a whole number >= 0 (it seeds NumPy's generator), got {seed!r}")
         self.in_features, self.hidden, self.classes = int(in_features), int(hidden), int(classes)
         self.seed = seed
         self.engine = _engine.current()
@@ -120,6 +122,8 @@ class TwoLayerMLP:
         n = x.shape[0]
         if n == 0:
             raise ValueError("cannot evaluate on an empty set")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         total_loss, correct = 0.0, 0
         for start in range(0, n, batch_size):
             xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
@@ -142,6 +146,8 @@ class TwoLayerMLP:
 
     def load_state_dict(self, state: dict) -> None:
         """Copy parameters in from NumPy arrays; shapes must match this network exactly."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of arrays named {', '.join(PARAM_NAMES)}, got {type(state).__name__}")
         missing = [name for name in PARAM_NAMES if name not in state]
         if missing:
             raise ValueError(f"state_dict is missing {', '.join(missing)}")

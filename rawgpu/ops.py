@@ -13,6 +13,7 @@ engines and CuPy arrays on ``cuda``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -212,10 +213,10 @@ def correct_count(logits, labels):
 
 
 def _hyper(name, value, *, positive=False):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    # A real number only: float("0.1") would quietly accept a string, float(True) a flag.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
     return value

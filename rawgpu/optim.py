@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from rawgpu import ops
 from rawgpu.model import PARAM_NAMES
 
@@ -45,8 +47,11 @@ class SGD:
         return {name: self.model.engine.to_host(v).copy() for name, v in self.velocity.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Copy the velocities in from NumPy arrays named like the parameters."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of velocities named {', '.join(PARAM_NAMES)}, got {type(state).__name__}")
         for name in PARAM_NAMES:
             want = tuple(self.velocity[name].shape)
-            if name not in state or tuple(state[name].shape) != want:
+            if name not in state or tuple(np.shape(state[name])) != want:
                 raise ValueError(f"optimizer state for {name} is missing or not of shape {want}")
             self.velocity[name][...] = self.model.engine.asarray(state[name])

@@ -1,10 +1,20 @@
 """The training loop: a whole run, top to bottom.
 
-1. Copy the dataset to the engine once (scaled to [-1, 1], labels as int32).
-2. Build the network and the optimizer (or load both from a checkpoint with ``resume``).
-3. Every epoch: shuffle with a permutation seeded by ``(seed, epoch)``, so a run and a resumed
+1. Check every output (:mod:`rawgpu.outputs`) and lock the checkpoint folder; check the run fits
+   in memory (:mod:`rawgpu.memory`).
+2. Copy the dataset to the engine once (scaled to [-1, 1], labels as int32).
+3. Build the network and the optimizer (or load both from a checkpoint with ``resume``).
+4. Every epoch: shuffle with a permutation seeded by ``(seed, epoch)``, so a run and a resumed
    run see the same batches; step through the batches (forward, hand-written backward, SGD);
-   then measure loss and accuracy on the test set, append a metrics record and checkpoint.
+   then measure loss and accuracy on the test set, save the checkpoint, and only then append
+   the epoch's metrics record.
+
+Crash consistency. The checkpoint carries the metrics record of every epoch it holds. A run
+killed at any moment leaves a checkpoint of some epoch ``e`` (or none) and a metrics file that
+may run ahead of it; resuming rewrites the metrics file to exactly epochs ``1..e`` from the
+checkpoint before going on, so after any number of kills and resumes it holds each epoch once,
+in order. A diverged run (a non-finite loss at any step, non-finite weights or test loss after
+an epoch) stops with an error naming the epoch and step, and saves nothing.
 
 Only the training steps count towards an epoch's ``seconds``; evaluation and checkpointing
 are outside the clock.
@@ -22,7 +32,8 @@ import numpy as np
 
 from rawgpu import checkpoint as ckpt
 from rawgpu import engine as _engine
-from rawgpu import ops
+from rawgpu import memory, ops, outputs
+from rawgpu.atomic import atomic_file
 from rawgpu.model import TwoLayerMLP
 from rawgpu.optim import SGD
 from rawgpu.progress import Progress
@@ -30,6 +41,10 @@ from rawgpu.progress import Progress
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a diverged loss, a checkpoint of another network); says why."""
+
+
+#: The largest --hidden or --batch-size: array sizes the kernels index with 32-bit integers.
+MAX_SIZE = 2**31 - 1
 
 
 @dataclass
@@ -46,10 +61,14 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "hidden"):
+        for name in ("epochs", "batch_size", "hidden", "seed"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+            low = 0 if name == "seed" else 1
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")
+        for name in ("batch_size", "hidden"):  # the kernels index with 32-bit integers
+            if getattr(self, name) > MAX_SIZE:
+                raise ValueError(f"{name.replace('_', '-')} {getattr(self, name)} is more than {MAX_SIZE}, the largest size the kernels index")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         for name in ("momentum", "weight_decay"):
@@ -102,15 +121,76 @@ def _rate(per_s: float) -> str:
     return f"{per_s:,.0f}" if per_s >= 100 else f"{per_s:.3g}"
 
 
-def _check_resumable(meta: dict, model: TwoLayerMLP, directory) -> None:
-    have = meta.get("architecture", {})
-    want = model.architecture
-    if have != want:
-        fmt = lambda a: f"{a.get('in_features')}-{a.get('hidden')}-{a.get('classes')}"  # noqa: E731
+def _fmt_arch(a: dict) -> str:
+    return f"{a.get('in_features')}-{a.get('hidden')}-{a.get('classes')}"
+
+
+def _check_resumable(meta: dict, model: TwoLayerMLP, dataset_id: dict, config: "TrainConfig", directory, log) -> None:
+    """Refuse a checkpoint of another network or dataset; list the settings that changed."""
+    if meta["architecture"] != model.architecture:
         raise ckpt.CheckpointError(
-            f"the checkpoint in {directory} is for a {fmt(have)} network, but this run builds {fmt(want)}; "
-            f"pass the same --hidden (and data) as that run, or use another --checkpoint-dir (the checkpoint was left untouched)"
+            f"the checkpoint in {directory} is for a {_fmt_arch(meta['architecture'])} network, but this run builds "
+            f"{_fmt_arch(model.architecture)}; pass the same --hidden (and data) as that run, or use another --checkpoint-dir "
+            f"(the checkpoint was left untouched)"
         )
+    have = meta["dataset"]
+    if have.get("fingerprint") != dataset_id["fingerprint"]:
+        describe = lambda d: f"{d.get('name')} ({d.get('train')} train / {d.get('test')} test images, fingerprint {d.get('fingerprint')})"  # noqa: E731
+        raise ckpt.CheckpointError(
+            f"the checkpoint in {directory} was trained on {describe(have)}, but this run loads {describe(dataset_id)}; "
+            f"pass the same --dataset/--data-dir as that run, or use another --checkpoint-dir (the checkpoint was left untouched)"
+        )
+    # Other settings may change on purpose (a lower learning rate for the last epochs): the run
+    # goes on with the new ones, but says so, since the result is then not the uninterrupted run's.
+    old, new = meta["config"], asdict(config)
+    changed = [f"{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in new if k != "epochs" and old.get(k) != new[k]]
+    if changed:
+        log(f"warning: resuming with settings that differ from the checkpoint's: {', '.join(changed)}; the run goes on with the new ones")
+
+
+def _finite_params(model: TwoLayerMLP) -> bool:
+    return all(bool(np.isfinite(model.engine.to_host(p)).all()) for p in model.params.values())
+
+
+def _json_line(record: dict) -> str:
+    # allow_nan=False: the metrics file is strict JSON (a NaN never gets this far, see _end_of_epoch).
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def _restore_metrics(path, history: list) -> None:
+    """Make the metrics file hold exactly the checkpoint's epochs, in order (atomically)."""
+    with atomic_file(path, "w") as fh:
+        fh.writelines(_json_line(r) for r in history)
+
+
+def _append_metrics(path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(_json_line(record))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _epoch_record(epoch, loss_sum, n, test_loss, test_acc, seconds) -> dict:
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / n,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "seconds": seconds,
+        "samples_per_s": n / seconds,
+    }
+
+
+def _check_memory(eng, dataset, config: "TrainConfig", in_features: int) -> None:
+    parts = memory.estimate(
+        n_train=len(dataset.train_labels), n_test=len(dataset.test_labels), in_features=in_features,
+        hidden=config.hidden, classes=dataset.num_classes, batch_size=config.batch_size,
+    )
+    memory.check_fits(
+        parts, engine=eng.name, hidden=config.hidden, batch_size=config.batch_size,
+        available_engine=memory.device_available(eng.xp) if eng.is_device else None,
+        available_host=memory.host_available(),
+    )
 
 
 # A diverging run overflows in the numpy engine's matmuls before its loss turns inf or NaN; the
@@ -123,33 +203,68 @@ def train(
     metrics_path=None,
     checkpoint_dir=None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log=print,
+    other_outputs: dict | None = None,
 ) -> list[dict]:
-    """Train on ``dataset`` (train/test images and labels) and return one record per epoch run."""
+    """Train on ``dataset`` (train/test images and labels) and return one record per epoch run.
+
+    ``resume`` continues from the checkpoint in ``checkpoint_dir``; without it a folder that
+    already holds a checkpoint is refused unless ``overwrite``. ``other_outputs`` (flag -> path)
+    names files the caller will write after training (the plot), so they are checked too.
+    """
     config.validate()
+    if resume and checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir (the folder holding the checkpoint)")
+    metrics_path = outputs.check_file(metrics_path, "--metrics", "metrics")
+    checkpoint_dir = outputs.prepare_folder(checkpoint_dir, "--checkpoint-dir")
+    files = {"--metrics": metrics_path, **(other_outputs or {})}
+    if checkpoint_dir is not None:
+        files["--checkpoint-dir"] = ckpt.path_in(checkpoint_dir)
+    inputs = {f"{role.replace('_', ' ')} file": path for role, path in getattr(dataset, "files", {}).items()}
+    outputs.check_distinct(files, inputs)
+
+    lock = outputs.FolderLock(checkpoint_dir, "--checkpoint-dir") if checkpoint_dir is not None else None
+    try:
+        for path in files.values():
+            if path is not None:
+                outputs.clean_stale_temps(path, locked=lock is not None)
+        if checkpoint_dir is not None and not resume and not overwrite and os.path.exists(ckpt.path_in(checkpoint_dir)):
+            raise outputs.OutputError(
+                f"--checkpoint-dir {checkpoint_dir} already holds a checkpoint ({ckpt.path_in(checkpoint_dir)}); "
+                f"continue it with --resume, replace it with --overwrite, or use another folder"
+            )
+        return _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log) -> list[dict]:
     eng = _engine.current()
+    in_features = int(np.prod(np.shape(dataset.train_images)[1:]))
+    _check_memory(eng, dataset, config, in_features)
+    dataset_id = ckpt.dataset_identity(dataset)
     train_split = DeviceSplit(eng, dataset.train_images, dataset.train_labels, dataset.num_classes)
     test_split = DeviceSplit(eng, dataset.test_images, dataset.test_labels, dataset.num_classes)
-    in_features = train_split.x.shape[1]
     model = TwoLayerMLP(in_features, config.hidden, dataset.num_classes, seed=config.seed)
     opt = SGD(model, config.lr, config.momentum, config.weight_decay, config.nesterov)
 
-    done = 0
+    done, history = 0, []
     if resume:
-        if checkpoint_dir is None:
-            raise ValueError("--resume needs --checkpoint-dir (the folder holding the checkpoint)")
         params, velocity, meta = ckpt.load(checkpoint_dir)
-        _check_resumable(meta, model, checkpoint_dir)
+        _check_resumable(meta, model, dataset_id, config, checkpoint_dir, log)
         model.load_state_dict(params)
         opt.load_state_dict(velocity)
-        done = int(meta["epochs_done"])
+        done, history = meta["epochs_done"], meta["history"]
         log(f"resumed from {ckpt.path_in(checkpoint_dir)} after epoch {done}")
+        if metrics_path is not None:
+            _restore_metrics(metrics_path, history)  # drops epochs a killed run logged past its checkpoint
         if done >= config.epochs:
             log(f"nothing to do: the checkpoint has {done} epoch(s) and --epochs is {config.epochs}")
             return []
-
-    if metrics_path is not None and not resume:
+    elif metrics_path is not None:
         open(metrics_path, "w").close()  # a fresh run starts a fresh metrics file
 
     records = []
@@ -178,15 +293,16 @@ def train(
                 bar.update(step + 1 - bar.count, f"loss {loss:.4f}  {_rate((lo + xb.shape[0]) / max(elapsed, 1e-9))} samples/s")
         eng.synchronize()
         seconds = time.perf_counter() - start
+        # Every step's loss was finite, but the last update can still blow the weights up (one
+        # huge step): then nothing of this epoch may be saved or reported as a result.
         test_loss, test_acc = model.evaluate(test_split.x, test_split.y)
-        record = {
-            "epoch": epoch,
-            "train_loss": loss_sum / n,
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "seconds": seconds,
-            "samples_per_s": n / seconds,
-        }
+        if not (math.isfinite(test_loss) and _finite_params(model)):
+            bar.close()
+            raise TrainingError(
+                f"the weights became non-finite at epoch {epoch}, step {steps} (its last update; the test loss is {test_loss}); "
+                f"training stopped and nothing of this epoch was saved: try a lower learning rate (--lr, now {config.lr:g})"
+            )
+        record = _epoch_record(epoch, loss_sum, n, test_loss, test_acc, seconds)
         summary = (
             f"train loss {record['train_loss']:.4f}  test loss {test_loss:.4f}  test acc {test_acc:.4f}  "
             f"{_rate(record['samples_per_s'])} samples/s"
@@ -195,25 +311,19 @@ def train(
         if not progress:  # no bar, but a log still gets one line per epoch
             log(f"epoch {epoch}/{config.epochs}: {summary}")
         records.append(record)
-        if metrics_path is not None:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+        history = history + [record]
+        # The checkpoint first, then the metrics line: a kill between the two leaves a metrics
+        # file one epoch behind, which the next --resume restores from the checkpoint's history.
         if checkpoint_dir is not None:
             ckpt.save(
                 checkpoint_dir,
                 params=model.state_dict(),
                 velocity=opt.state_dict(),
-                meta={"epochs_done": epoch, "architecture": model.architecture, "config": asdict(config), "engine": eng.name},
+                meta={
+                    "epochs_done": epoch, "architecture": model.architecture, "config": asdict(config),
+                    "dataset": dataset_id, "engine": eng.name, "history": history,
+                },
             )
+        if metrics_path is not None:
+            _append_metrics(metrics_path, record)
     return records
-
-
-def check_writable(path, what: str) -> None:
-    """Fail before training, not after it, when an output file cannot be written."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{what} {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"{what} {path} is a folder; give a file name")

@@ -22,12 +22,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rawgpu.atomic import file_mode
+from rawgpu.atomic import file_mode, remove_stale_temps
 from rawgpu.data.errors import DataError
 
 CHUNK = 1 << 16
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte before a mirror counts as failed
 DEFAULT_MAX_BYTES = 256 << 20  # no dataset file here is anywhere near this
+STALE_PART_SECONDS = 600.0  # a .part file untouched this long belongs to a download that died
 
 
 def cache_dir() -> Path:
@@ -146,6 +147,9 @@ def download_file(
             f"set RAWGPU_CACHE_DIR to a writable folder or pass --data-dir"
         ) from None
     final = dest_dir / filename
+    # A download killed mid-way (SIGKILL, power loss) leaves its .part file: remove those nobody
+    # has written to for STALE_PART_SECONDS (a live download writes at least every `timeout`).
+    remove_stale_temps(final, older_than=STALE_PART_SECONDS, now=time.time(), suffix=".part")
     reasons = []
     for base in mirrors:
         url = base if base.endswith(filename) else base.rstrip("/") + "/" + filename

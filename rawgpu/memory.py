@@ -1,0 +1,115 @@
+"""How much memory a training run needs, worked out before anything is allocated.
+
+A run holds, on its engine (float32 = 4 bytes, labels int32):
+
+=====================  ==========================================================
+the dataset            train and test images ``N x D`` and labels, plus the shuffle
+                       buffer (a second copy of the training split, gathered per epoch)
+parameters             ``W1 (D, H)``, ``b1``, ``W2 (H, C)``, ``b2``: ``P = DH + H + HC + C``
+gradients, velocities  ``P`` each: the backward pass fills one, SGD keeps the other
+activations            per batch size the model meets: ``a`` and ``dL/da`` ``(B, H)``,
+                       ``z`` and ``dL/dz`` ``(B, C)``; for the training batch, the last
+                       (partial) training batch, the evaluation batch and its last one
+scratch                the NumPy engine's SGD step buffer and ReLU mask
+=====================  ==========================================================
+
+and, on the host, the images once more while they are scaled to float32 (the ``cuda`` engine
+then copies them over; on ``numpy`` and ``sim`` that copy is the engine's). The estimate is
+compared with what is free: host memory (``MemAvailable``, and the cgroup's limit where one is
+set) for ``numpy`` and ``sim``, the GPU's free memory for ``cuda``. A run that cannot fit is
+refused in one line that names ``--hidden`` and ``--batch-size``, before it spends an epoch.
+"""
+
+from __future__ import annotations
+
+import os
+
+F32 = 4
+EVAL_BATCH = 1000  # TwoLayerMLP.evaluate's batch size
+
+
+class MemoryEstimateError(ValueError):
+    """The run cannot fit in the memory available; the message says how much and what to lower."""
+
+
+def estimate(*, n_train: int, n_test: int, in_features: int, hidden: int, classes: int, batch_size: int) -> dict:
+    """Bytes the run needs on its engine, by part, and on the host while preparing the data."""
+    D, H, C = in_features, hidden, classes
+    params = D * H + H + H * C + C
+    batches = {min(batch_size, n_train), n_train % batch_size, min(EVAL_BATCH, n_test), n_test % EVAL_BATCH} - {0}
+    return {
+        "dataset": F32 * (2 * n_train * D + n_test * D) + 4 * (2 * n_train + n_test),
+        "parameters": F32 * params,
+        "gradients and velocities": 2 * F32 * params,
+        "activations": sum(F32 * (2 * b * H + 2 * b * C) for b in batches),
+        # The NumPy engine's scratch: SGD's step buffer (one parameter's size, for W1 the largest)
+        # and the ReLU mask (one byte per hidden activation of the largest batch).
+        "scratch": F32 * max(D * H, H * C) + max(batches) * H,
+        "host staging": F32 * max(n_train, n_test) * D * 2,  # the float32 images and one temporary
+    }
+
+
+def _cgroup_free() -> int | None:
+    """Bytes left under this process's cgroup (v2) memory limit, where there is one."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current") as fh:
+            return int(limit) - int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def host_available() -> int | None:
+    """Bytes of host memory a new allocation can have (None where the system does not say)."""
+    free = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if free is None and hasattr(os, "sysconf"):
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            pass
+    cgroup = _cgroup_free()
+    if cgroup is not None:
+        free = cgroup if free is None else min(free, cgroup)
+    return free
+
+
+def device_available(xp) -> int | None:
+    """Bytes the GPU can still give CuPy: the driver's free memory plus CuPy's cached free blocks."""
+    try:
+        free, _total = xp.cuda.runtime.memGetInfo()
+        return int(free) + int(xp.get_default_memory_pool().free_bytes())
+    except Exception:  # a driver that cannot say: no check rather than a wrong one
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def check_fits(parts: dict, *, engine: str, hidden: int, batch_size: int, available_engine: int | None, available_host: int | None) -> None:
+    """Raise :class:`MemoryEstimateError` when the run cannot fit where it will run."""
+    on_engine = sum(v for k, v in parts.items() if k != "host staging")
+    host_need = parts["host staging"] + (on_engine if engine != "cuda" else 0)
+    checks = [("host memory", host_need, available_host)]
+    if engine == "cuda":
+        checks.append(("free GPU memory", on_engine, available_engine))
+    for where, need, have in checks:
+        # 90%: the estimate leaves out the interpreter, the libraries and allocator slack.
+        if have is not None and need > 0.9 * have:
+            biggest = max((k for k in parts if k != "host staging"), key=parts.get)
+            raise MemoryEstimateError(
+                f"this run needs about {_gib(need)} of {where} but {_gib(have)} is available "
+                f"(the largest part: {biggest}, {_gib(parts[biggest])}, with --hidden {hidden} and --batch-size {batch_size}); "
+                f"lower --hidden or --batch-size"
+            )
