@@ -328,12 +328,9 @@ def fetch(
                 f"allow the download, or pass --data-dir with {remote.local}"
             )
         try:
-            download_file(fname, folder, mirrors, sha, size=size, progress=progress, timeout=timeout)
+            download_file(fname, folder, mirrors, sha, size=size, progress=progress, timeout=timeout, local=remote.local)
         except DataError as exc:
-            # Say which dataset failed, and (download_file's advice being MNIST's) what to put
-            # in a --data-dir folder instead of this dataset's download.
-            msg = str(exc).replace("put the four files in a folder", f"put {remote.local} in a folder")
-            raise DataError(f"{remote.title}: {msg}") from None
+            raise DataError(f"{remote.title}: {exc}") from None  # say which dataset failed, too
     return folder
 
 

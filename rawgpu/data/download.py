@@ -129,13 +129,15 @@ def download_file(
     progress: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    local: str = "the four files",
 ) -> Path:
     """Download ``filename`` from the first working mirror into ``dest_dir``; return its path.
 
     Each mirror is a base URL (``https://host/path/``, ``file:///folder/``); the file's URL is
     the base joined with ``filename``. The bytes go to a temporary file in ``dest_dir``, are
     checked against ``sha256`` (and ``size`` where given), and only then renamed to
-    ``dest_dir/filename``. Raises ``DataError`` naming the file and every mirror's failure.
+    ``dest_dir/filename``. Raises ``DataError`` naming the file and every mirror's failure, and
+    saying that ``local`` (what the user can fetch by hand) could go in a --data-dir folder instead.
     """
     dest_dir = Path(dest_dir)
     created = not dest_dir.exists()
@@ -189,5 +191,5 @@ def download_file(
         raise DataError(f"cannot download {filename}: no mirror given; pass at least one base URL")
     raise DataError(
         f"cannot download {filename} (" + "; ".join(reasons) + "); "
-        "check the network, or put the four files in a folder and pass --data-dir"
+        f"check the network, or put {local} in a folder and pass --data-dir"
     )
