@@ -1,0 +1,517 @@
+"""Nothing lost, nothing clobbered: every way a hostile (or hurried) user can point rawgpu's outputs
+at the wrong place, kill it, or feed it a broken checkpoint.
+
+Each test here failed on the code before issue 7: the case is named in its docstring.
+"""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rawgpu
+from rawgpu import checkpoint as ckpt
+from rawgpu import cli, memory, ops
+from rawgpu.data import DataError, read_idx
+from rawgpu.model import TwoLayerMLP
+from rawgpu.optim import SGD
+from rawgpu.outputs import LOCK_NAME
+from test_cli import assert_short_error, run, write_dataset
+
+SAMPLE = ["--dataset", "sample", "--no-progress", "--hidden", "16"]
+
+
+@pytest.fixture(autouse=True)
+def numpy_engine(monkeypatch):
+    monkeypatch.setenv("RAWGPU_DEVICE", "numpy")
+    rawgpu.use("numpy")
+
+
+def snapshot(path: Path):
+    """What a file is, to compare before and after: its bytes, mode and modification time."""
+    st = path.stat()
+    return path.read_bytes(), st.st_mode, st.st_mtime_ns
+
+
+def trained_checkpoint(capsys, folder: Path, *extra) -> Path:
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--checkpoint-dir", str(folder), *extra)
+    assert code == 0, err
+    return folder / ckpt.FILENAME
+
+
+# --- outputs that are not plain writable files ------------------------------------------------
+
+
+def test_a_device_is_never_replaced(capsys):
+    """--plot /dev/full as root turned the device into a PNG file."""
+    before = os.stat("/dev/null")
+    code, _, err = run(capsys, "train", *SAMPLE, "--plot", "/dev/null")
+    assert_short_error(code, err, "--plot /dev/null is a device")
+    after = os.stat("/dev/null")
+    assert (after.st_mode, after.st_rdev) == (before.st_mode, before.st_rdev)
+
+
+@pytest.mark.parametrize("flag", ["--metrics", "--plot"])
+def test_a_read_only_output_is_refused_even_as_root(capsys, tmp_path, flag):
+    target = tmp_path / "out"
+    target.write_bytes(b"")
+    target.chmod(0o444)
+    before = snapshot(target)
+    code, _, err = run(capsys, "train", *SAMPLE, flag, str(target))
+    assert_short_error(code, err, flag, "is read-only")
+    assert snapshot(target) == before
+
+
+def test_a_symbolic_link_is_refused_and_kept(capsys, tmp_path):
+    real = tmp_path / "real.jsonl"
+    real.write_text('{"epoch": 1}\n')
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    code, _, err = run(capsys, "train", *SAMPLE, "--metrics", str(link))
+    assert_short_error(code, err, "--metrics", "is a symbolic link")
+    assert link.is_symlink() and os.readlink(link) == str(real) and real.read_text() == '{"epoch": 1}\n'
+
+
+def test_a_file_that_rawgpu_did_not_write_is_not_replaced(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my thesis\n")
+    code, _, err = run(capsys, "train", *SAMPLE, "--metrics", str(notes))
+    assert_short_error(code, err, "not a rawgpu metrics file")
+    code, _, err = run(capsys, "train", *SAMPLE, "--plot", str(notes))
+    assert_short_error(code, err, "not a PNG")
+    assert notes.read_text() == "my thesis\n"
+
+
+# --- checkpoints are not overwritten by accident -----------------------------------------------
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_checkpoint(capsys, tmp_path):
+    """A run without --resume silently replaced a 5-epoch checkpoint with another network."""
+    path = trained_checkpoint(capsys, tmp_path)
+    before = snapshot(path)
+    code, _, err = run(capsys, "train", *SAMPLE, "--hidden", "32", "--epochs", "1", "--checkpoint-dir", str(tmp_path))
+    assert_short_error(code, err, "already holds a checkpoint", "--resume", "--overwrite")
+    assert snapshot(path) == before
+    code, _, err = run(capsys, "train", *SAMPLE, "--resume", "--overwrite", "--checkpoint-dir", str(tmp_path))
+    assert_short_error(code, err, "--resume and --overwrite")
+    code, _, err = run(capsys, "train", *SAMPLE, "--hidden", "32", "--epochs", "1", "--checkpoint-dir", str(tmp_path), "--overwrite")
+    assert code == 0, err
+    assert ckpt.load(tmp_path)[2]["architecture"]["hidden"] == 32
+
+
+# --- outputs against each other and against the inputs -----------------------------------------
+
+
+def test_metrics_and_plot_on_one_file(capsys, tmp_path):
+    same = tmp_path / "x"
+    code, _, err = run(capsys, "train", *SAMPLE, "--metrics", str(same), "--plot", str(same))
+    assert_short_error(code, err, "--metrics and --plot are the same file")
+    assert not same.exists()
+
+
+def test_metrics_on_the_checkpoint_file(capsys, tmp_path):
+    path = trained_checkpoint(capsys, tmp_path)
+    before = snapshot(path)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--resume", "--checkpoint-dir", str(tmp_path), "--metrics", str(path))
+    assert_short_error(code, err, "--metrics")
+    assert snapshot(path) == before
+    # Written the other way round (a metrics path spelled differently), it is still one file.
+    os.remove(path)
+    metrics = tmp_path / "sub" / ".." / ckpt.FILENAME
+    (tmp_path / "sub").mkdir()
+    code, _, err = run(capsys, "train", *SAMPLE, "--checkpoint-dir", str(tmp_path), "--metrics", str(metrics))
+    assert_short_error(code, err, "--metrics and --checkpoint-dir are the same file")
+
+
+@pytest.mark.parametrize("flag", ["--metrics", "--plot"])
+def test_an_output_that_is_an_input_file(capsys, tmp_path, flag):
+    """A --metrics that was one of the data files in --data-dir exited 0 after destroying it."""
+    folder = write_dataset(tmp_path / "data")
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    before = snapshot(labels)
+    code, _, err = run(capsys, "train", "--data-dir", str(folder), "--no-progress", "--hidden", "8", flag, str(labels))
+    assert_short_error(code, err, flag, str(labels))
+    assert snapshot(labels) == before
+
+
+def test_check_distinct_names_the_input(tmp_path):
+    from rawgpu.outputs import OutputError, check_distinct
+
+    data_file = tmp_path / "train-images-idx3-ubyte"
+    data_file.write_bytes(b"x")
+    with pytest.raises(OutputError, match=r"--metrics .* is the run's input train images file"):
+        check_distinct({"--metrics": str(tmp_path / "." / "train-images-idx3-ubyte")}, {"train images file": str(data_file)})
+
+
+# --- one run per checkpoint folder -------------------------------------------------------------
+
+
+def test_a_second_run_on_one_checkpoint_folder_is_refused_naming_the_first(capsys, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from rawgpu.outputs import FolderLock; FolderLock(sys.argv[1], 'x'); print('locked', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--checkpoint-dir", str(tmp_path))
+        assert_short_error(code, err, "in use by another rawgpu run", f"process {holder.pid}")
+        assert not (tmp_path / ckpt.FILENAME).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died (SIGKILL): the lock died with it.
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--checkpoint-dir", str(tmp_path))
+    assert code == 0, err
+
+
+# --- crash consistency -------------------------------------------------------------------------
+
+
+def _epochs(path: Path) -> list:
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+
+
+def test_a_kill_between_checkpoint_and_metrics_is_repaired_on_resume(capsys, tmp_path, monkeypatch):
+    """The window the random kills below hit 21 times in 30: the checkpoint is one epoch ahead."""
+    from rawgpu import train as train_mod
+
+    metrics = tmp_path / "m.jsonl"
+    real_append = train_mod._append_metrics
+
+    def killed_at_epoch_2(path, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt  # the process dies after the checkpoint, before the line
+        real_append(path, record)
+
+    monkeypatch.setattr(train_mod, "_append_metrics", killed_at_epoch_2)
+    code, _, _ = run(capsys, "train", *SAMPLE, "--epochs", "3", "--checkpoint-dir", str(tmp_path / "ck"), "--metrics", str(metrics))
+    assert code == 130 and _epochs(metrics) == [1] and ckpt.load(tmp_path / "ck")[2]["epochs_done"] == 2
+    monkeypatch.setattr(train_mod, "_append_metrics", real_append)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "3", "--checkpoint-dir", str(tmp_path / "ck"), "--metrics", str(metrics), "--resume")
+    assert code == 0, err
+    assert _epochs(metrics) == [1, 2, 3]
+
+
+def test_metrics_past_the_checkpoint_are_dropped_on_resume(capsys, tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    trained_checkpoint(capsys, tmp_path / "ck", "--metrics", str(metrics))
+    with open(metrics, "a") as fh:  # an epoch logged by a run killed before its checkpoint landed
+        fh.write(json.dumps({"epoch": 2, "train_loss": 9.0}) + "\n")
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--checkpoint-dir", str(tmp_path / "ck"), "--metrics", str(metrics), "--resume")
+    assert code == 0, err
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and lines[1]["train_loss"] != 9.0
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path):
+    """SIGKILL at random moments, at least twelve times (six of them in runs that resumed),
+    resuming each time: the metrics end up holding epochs 1..E once each, in order, and no
+    temporary file of ours is left anywhere."""
+    epochs = 6
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    base = [sys.executable, "-m", "rawgpu", "train", *SAMPLE[:-2], "--hidden", "64", "--epochs", str(epochs),
+            "--checkpoint-dir", str(ck), "--metrics", str(metrics)]
+    env = dict(os.environ, RAWGPU_DEVICE="numpy", OPENBLAS_NUM_THREADS="1")
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"kill-time seed: {seed}")
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    subprocess.run(base, env=env, capture_output=True, check=True)  # a whole run, to time it
+    whole = time.perf_counter() - start
+    for f in ck.iterdir():
+        f.unlink()
+    metrics.unlink()
+    kills = resumed_kills = 0
+    for _ in range(40):
+        if kills >= 12 and resumed_kills >= 6:
+            break
+        resume = (ck / ckpt.FILENAME).exists()
+        proc = subprocess.Popen(base + (["--resume"] if resume else []), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.2, whole))
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+        if proc.returncode == -signal.SIGKILL:
+            kills += 1
+            resumed_kills += resume
+        elif "nothing to do" in err.decode() or not resume:  # it finished first: start over
+            for f in ck.iterdir():
+                f.unlink()
+    final = subprocess.run(base + (["--resume"] if (ck / ckpt.FILENAME).exists() else []), env=env, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 12 and resumed_kills >= 6, (kills, resumed_kills)
+    assert _epochs(metrics) == list(range(1, epochs + 1))
+    leftovers = [p.name for p in list(ck.iterdir()) + list(tmp_path.iterdir()) if p.name.endswith((".tmp", ".part"))]
+    assert leftovers == []
+    assert sorted(p.name for p in ck.iterdir()) == [LOCK_NAME, ckpt.FILENAME]
+
+
+def test_stale_temporary_files_are_removed(capsys, tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    stale = [ck / ".checkpoint.npz.abcd1234.tmp", tmp_path / ".m.jsonl.x_y_z_12.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    unrelated = tmp_path / ".m.jsonl.notours.tmp"
+    unrelated.write_bytes(b"keep")
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--checkpoint-dir", str(ck), "--metrics", str(tmp_path / "m.jsonl"))
+    assert code == 0, err
+    assert not any(p.exists() for p in stale) and unrelated.exists()
+
+
+def test_stale_download_parts_are_removed(tmp_path):
+    from rawgpu.data import download
+
+    old = tmp_path / ".f.gz.abcdefgh.part"
+    fresh = tmp_path / ".f.gz.ijklmnop.part"
+    for path in (old, fresh):
+        path.write_bytes(b"x")
+    long_ago = time.time() - 2 * download.STALE_PART_SECONDS
+    os.utime(old, (long_ago, long_ago))
+    with pytest.raises(DataError):
+        download.download_file("f.gz", tmp_path, ["http://127.0.0.1:9/"], "0" * 64, progress=False, timeout=1)
+    assert not old.exists() and fresh.exists()  # a fresh one may belong to a download in progress
+
+
+# --- divergence --------------------------------------------------------------------------------
+
+
+def test_a_blow_up_in_the_last_step_is_a_failure(capsys, tmp_path):
+    """--lr 1e30 with one step per epoch exited 0, wrote NaN to the metrics and saved the weights."""
+    metrics = tmp_path / "m.jsonl"
+    code, _, err = run(capsys, "train", *SAMPLE, "--lr", "1e30", "--batch-size", "100000", "--epochs", "1",
+                       "--metrics", str(metrics), "--checkpoint-dir", str(tmp_path / "ck"))
+    assert_short_error(code, err, "epoch 1, step 1", "--lr")
+    assert not (tmp_path / "ck" / ckpt.FILENAME).exists()
+    assert metrics.read_text() == ""
+
+
+def test_metrics_are_strict_json(capsys, tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--metrics", str(metrics))
+    assert code == 0, err
+    for line in metrics.read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the metrics file"))
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def test_a_huge_hidden_layer_is_refused_before_allocating(capsys):
+    code, _, err = run(capsys, "train", *SAMPLE[:-2], "--hidden", "1000000000")
+    assert_short_error(code, err, "--hidden", "--batch-size", "GiB")
+
+
+def test_a_run_that_would_not_fit_is_refused_before_training(capsys, monkeypatch):
+    """--hidden 1000000 trained a whole epoch, then died in evaluation."""
+    monkeypatch.setattr(memory, "host_available", lambda: 2 << 30)
+    code, _, err = run(capsys, "train", *SAMPLE[:-2], "--hidden", "100000")
+    assert_short_error(code, err, "needs about", "2.0 GiB", "lower --hidden or --batch-size")
+    assert "epoch 1" not in err
+
+
+def test_a_memory_error_anywhere_is_one_line(capsys, monkeypatch):
+    from rawgpu import train as train_mod
+
+    def boom(*args, **kwargs):
+        raise MemoryError("Unable to allocate 3.0 GiB")
+
+    monkeypatch.setattr(train_mod, "_run", boom)
+    code, _, err = run(capsys, "train", *SAMPLE)
+    assert_short_error(code, err, "out of memory", "--hidden")
+
+
+def test_the_estimate_counts_every_part():
+    parts = memory.estimate(n_train=1000, n_test=500, in_features=10, hidden=20, classes=3, batch_size=300)
+    p = 10 * 20 + 20 + 20 * 3 + 3
+    assert parts["parameters"] == 4 * p and parts["gradients and velocities"] == 8 * p
+    # batches of 300 and the last one of 100, evaluation of 500 (no last one)
+    assert parts["activations"] == sum(4 * (2 * b * 20 + 2 * b * 3) for b in (300, 100, 500))
+
+
+def test_a_sparse_idx_file_is_refused_before_reading(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    with open(path, "wb") as fh:
+        fh.write(bytes([0, 0, 8, 3]) + np.array([10, 28, 28], ">u4").tobytes())
+        fh.truncate(8 << 30)  # 8 GiB, sparse: reading it whole would take the machine down
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=f"{path}: .*unexpected bytes after the data"):
+        read_idx(path)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_gzip_bomb_is_not_inflated_whole(tmp_path):
+    path = tmp_path / "labels.gz"
+    header = bytes([0, 0, 8, 1]) + np.array([10], ">u4").tobytes()
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(header + bytes(10))
+        for _ in range(16):
+            fh.write(bytes(8 << 20))  # 128 MiB of zeros in half a megabyte of gzip
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="more than 1048576 unexpected bytes after the data"):
+        read_idx(path)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_an_idx_header_declaring_too_much_names_the_file(tmp_path):
+    """The product of the dimensions overflowed NumPy's int64 and the error named no file."""
+    path = tmp_path / "images"
+    path.write_bytes(bytes([0, 0, 8, 3]) + np.array([2**32 - 1] * 3, ">u4").tobytes())
+    with pytest.raises(DataError, match=f"{path}: the header says 4294967295x4294967295x4294967295 uint8"):
+        read_idx(path)
+
+
+# --- the checkpoint loader trusts nothing ------------------------------------------------------
+
+
+def _rewrite(path: Path, *, meta=None, arrays=None, drop=()):
+    """Write a checkpoint file by hand: the good one's contents with some parts replaced."""
+    with np.load(path, allow_pickle=False) as data:
+        contents = {k: data[k] for k in data.files if k not in drop}
+    if meta is not None:
+        contents["meta"] = np.array(meta if isinstance(meta, str) else json.dumps(meta))
+    contents.update(arrays or {})
+    with open(path, "wb") as fh:
+        np.savez(fh, **contents)
+
+
+def _meta(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
+
+
+BROKEN = {
+    "empty": (lambda p: p.write_bytes(b""), "is empty"),
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "not a readable rawgpu checkpoint"),
+    "meta a list": (lambda p: _rewrite(p, meta="[1, 2]"), "header is a JSON list"),
+    "meta a number array": (lambda p: _rewrite(p, arrays={"meta": np.zeros(3)}), "not a JSON string"),
+    "no meta": (lambda p: _rewrite(p, drop=("meta",)), "no 'meta'"),
+    "no epochs_done": (lambda p: _rewrite(p, meta={k: v for k, v in _meta(p).items() if k != "epochs_done"}), "no 'epochs_done'"),
+    "epochs_done a string": (lambda p: _rewrite(p, meta={**_meta(p), "epochs_done": "1"}), "'epochs_done' in its header is a str"),
+    "no W2": (lambda p: _rewrite(p, drop=("param/W2",)), "param arrays are"),
+    "W1 strings": (lambda p: _rewrite(p, arrays={"param/W1": np.full((784, 16), "x")}), "param W1 is <U1, not float32"),
+    "b1 int8": (lambda p: _rewrite(p, arrays={"param/b1": np.zeros(16, np.int8)}), "param b1 is int8"),
+    "b2 bool": (lambda p: _rewrite(p, arrays={"velocity/b2": np.zeros(10, bool)}), "velocity b2 is bool"),
+    "W2 complex": (lambda p: _rewrite(p, arrays={"param/W2": np.zeros((16, 10), np.complex64)}), "param W2 is complex64"),
+    "W1 NaN": (lambda p: _rewrite(p, arrays={"param/W1": np.full((784, 16), np.nan, np.float32)}), "non-finite"),
+    "W2 wrong shape": (lambda p: _rewrite(p, arrays={"param/W2": np.zeros((10, 16), np.float32)}), "has shape (10, 16)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_checkpoint_is_refused_in_one_line_and_left_untouched(capsys, tmp_path, case):
+    path = trained_checkpoint(capsys, tmp_path)
+    damage, message = BROKEN[case]
+    damage(path)
+    before = snapshot(path)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--resume", "--checkpoint-dir", str(tmp_path))
+    assert_short_error(code, err, str(path), message)
+    assert "learning rate" not in err  # NaN weights were blamed on --lr
+    assert snapshot(path) == before
+
+
+# --- resuming with other settings --------------------------------------------------------------
+
+
+def test_resume_on_another_dataset_is_refused(capsys, tmp_path):
+    trained_checkpoint(capsys, tmp_path / "ck")
+    data_dir = write_dataset(tmp_path / "other", n_train=40, n_test=20)
+    code, _, err = run(capsys, "train", "--data-dir", str(data_dir), "--no-progress", "--hidden", "16", "--epochs", "2",
+                       "--resume", "--checkpoint-dir", str(tmp_path / "ck"))
+    assert_short_error(code, err, "was trained on sample", "--dataset/--data-dir")
+    meta = ckpt.load(tmp_path / "ck")[2]
+    assert meta["dataset"]["name"] == "sample" and meta["dataset"]["train"] == 3000
+
+
+def test_resume_with_other_settings_lists_them(capsys, tmp_path):
+    trained_checkpoint(capsys, tmp_path)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--resume", "--checkpoint-dir", str(tmp_path),
+                       "--lr", "0.02", "--seed", "4", "--batch-size", "64")
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1
+    for text in ("lr 0.01 -> 0.02", "seed 0 -> 4", "batch-size 128 -> 64"):
+        assert text in warning[0]
+    assert ckpt.load(tmp_path)[2]["config"]["lr"] == 0.02  # the checkpoint records what the run used
+
+
+def test_resume_with_the_same_settings_says_nothing(capsys, tmp_path):
+    trained_checkpoint(capsys, tmp_path)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--resume", "--checkpoint-dir", str(tmp_path))
+    assert code == 0 and "warning" not in err
+
+
+# --- failures come first, not after the work ---------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "impossible"])
+def test_an_unusable_checkpoint_folder_fails_before_the_first_epoch(capsys, tmp_path, where):
+    (tmp_path / "f").write_text("x")
+    path = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "ck", "impossible": Path("/proc/rawgpu-ck")}[where]
+    code, _, err = run(capsys, "train", *SAMPLE, "--checkpoint-dir", str(path))
+    assert_short_error(code, err, "--checkpoint-dir")
+    assert "epoch 1" not in err and "engine:" not in err
+
+
+@pytest.mark.parametrize("plot", ["/proc/self/plot.png", "{tmp}/missing/plot.png", ""])
+def test_a_plot_that_cannot_be_written_fails_before_training(capsys, tmp_path, plot):
+    code, _, err = run(capsys, "train", *SAMPLE, "--plot", plot.format(tmp=tmp_path))
+    assert_short_error(code, err, "--plot")
+    assert "epoch 1" not in err
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
+    """A Ctrl-C in the first ~0.1 s printed a KeyboardInterrupt traceback (NumPy was loading).
+
+    The earliest delays land while modules load, the later ones in data loading and training.
+    (Earlier still, the interpreter itself is starting up, before any program's code runs.)"""
+    env = dict(os.environ, RAWGPU_DEVICE="numpy")
+    for delay in (0.25, 0.35, 0.5, 0.7, 1.0):
+        proc = subprocess.Popen([sys.executable, "-m", "rawgpu", *["train", *SAMPLE, "--epochs", "50"]], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, (delay, proc.returncode, err)
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == "rawgpu: interrupted", (delay, err)
+
+
+# --- messages that name the problem ------------------------------------------------------------
+
+
+def test_a_hidden_size_beyond_the_kernels_names_the_flag(capsys):
+    code, _, err = run(capsys, "train", *SAMPLE[:-2], "--hidden", str(10**30))
+    assert code == 2 and "--hidden" in err and "must be <= 2147483647" in err
+
+
+def test_api_errors_name_the_argument():
+    with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+        TwoLayerMLP(4, 3, 2, seed=-1)
+    model = TwoLayerMLP(4, 3, 2)
+    x, y = np.zeros((5, 4), np.float32), np.zeros(5, np.int32)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
+        model.evaluate(x, y, batch_size=0)
+    opt = SGD(model, lr=0.1)
+    with pytest.raises(TypeError, match="state must be a dict"):
+        opt.load_state_dict(None)
+    with pytest.raises(TypeError, match="state must be a dict"):
+        model.load_state_dict(None)
+    p = np.zeros(3, np.float32)
+    with pytest.raises(TypeError, match="lr must be a number, got str"):
+        ops.sgd_momentum_(p, p.copy(), p.copy(), lr="0.1", momentum=0.9)
+    with pytest.raises(TypeError, match="momentum must be a number, got bool"):
+        ops.sgd_momentum_(p, p.copy(), p.copy(), lr=0.1, momentum=True)
+
+
+def test_cli_main_is_importable_without_numpy():
+    """`import rawgpu.cli` stays instant, so an early Ctrl-C reaches the command's handler."""
+    code = "import sys, rawgpu.cli; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert cli.main is not None
