@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-DATASETS = ("mnist", "fashion-mnist", "sample")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "sample")  # rawgpu.data.DATASETS (kept here: no NumPy import to build the parser)
 DEVICES = ("auto", "cuda", "sim", "numpy")
 MAX_SIZE = 2**31 - 1  # the largest --hidden or --batch-size: the kernels index with 32-bit integers
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the two-layer network (784-128-10 by default)")
     data = t.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help="default: mnist where cached or downloadable, else the bundled sample")
-    data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz)")
+    data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz), or CIFAR-10's binary batches or archive")
     t.add_argument("--device", choices=DEVICES, default=None, help="engine (default: RAWGPU_DEVICE, else auto)")
     hp = t.add_argument_group("hyperparameters")
     hp.add_argument("--epochs", type=number_arg(int, minimum=1), default=5)
@@ -58,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="hidden units")
     hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0)
     out = t.add_argument_group("outputs")
-    out.add_argument("--metrics", metavar="FILE", help="JSON lines, one record per epoch")
+    out.add_argument("--metrics", metavar="FILE", help="JSON lines: one record per epoch, and one every --log-every steps")
     out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch")
     out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced)")
     out.add_argument("--plot", metavar="FILE", help="a PNG of the loss and accuracy curves (needs the plot extra)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar (the running loss is printed every --log-every steps instead)")
+    out.add_argument("--log-every", metavar="N", type=number_arg(int, minimum=1), default=100, help="steps between running-loss records (default 100)")
+    out.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files there (needs the tensorboard extra)")
     return parser
 
 
@@ -102,6 +104,11 @@ def _train(args) -> int:
     outputs.check_file(args.metrics, "--metrics", "metrics")
     outputs.check_file(args.plot, "--plot", "plot")
     outputs.prepare_folder(args.checkpoint_dir, "--checkpoint-dir")
+    outputs.prepare_folder(args.tensorboard, "--tensorboard")
+    if args.tensorboard is not None:
+        from rawgpu.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     ckpt_file = os.path.join(args.checkpoint_dir, "checkpoint.npz") if args.checkpoint_dir else None
     outputs.check_distinct({"--metrics": args.metrics, "--plot": args.plot, "--checkpoint-dir": ckpt_file}, {})
     if args.plot is not None:
@@ -124,7 +131,7 @@ def _train(args) -> int:
     records = train(
         dataset, config, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, log=log,
-        other_outputs={"--plot": args.plot},
+        other_outputs={"--plot": args.plot}, log_every=args.log_every, tensorboard=args.tensorboard,
     )
     if records:
         last = records[-1]

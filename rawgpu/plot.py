@@ -32,6 +32,7 @@ def plot_metrics(metrics_path, records, path) -> None:
     if metrics_path and os.path.exists(metrics_path):
         with open(metrics_path) as fh:
             records = [json.loads(line) for line in fh if line.strip()]
+    records = [r for r in records if "step" not in r]  # epoch records only (step records have a step)
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")

@@ -22,6 +22,7 @@ are outside the clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -157,17 +158,41 @@ def _json_line(record: dict) -> str:
     return json.dumps(record, allow_nan=False) + "\n"
 
 
+def _read_records(path) -> list:
+    """The records of a metrics file; a torn last line (a write cut off by a kill) is dropped."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        lines = [line for line in fh.read().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"--metrics {path}: line {i + 1} is not JSON; it is not a rawgpu metrics file: delete it or choose another name") from None
+    return records
+
+
 def _restore_metrics(path, history: list) -> None:
-    """Make the metrics file hold exactly the checkpoint's epochs, in order (atomically)."""
+    """Make the metrics file hold exactly the checkpoint's epochs, in order (atomically).
+
+    Epoch records come from the checkpoint's history; step records (``--log-every``) are kept
+    from the file for those epochs only, each epoch's steps before its epoch record.
+    """
+    done = len(history)
+    steps = [r for r in _read_records(path) if isinstance(r, dict) and "step" in r and r.get("epoch", done + 1) <= done]
+    ordered = sorted(steps + history, key=lambda r: (r["epoch"], "step" not in r, r.get("step", 0)))
     with atomic_file(path, "w") as fh:
-        fh.writelines(_json_line(r) for r in history)
+        fh.writelines(_json_line(r) for r in ordered)
 
 
-def _append_metrics(path, record: dict) -> None:
+def _append_metrics(path, record: dict, *, durable: bool = True) -> None:
     with open(path, "a") as fh:
         fh.write(_json_line(record))
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:  # epoch records: on disk before the run goes on (step records need not be)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _epoch_record(epoch, loss_sum, n, test_loss, test_acc, seconds) -> dict:
@@ -207,14 +232,26 @@ def train(
     progress: bool = True,
     log=print,
     other_outputs: dict | None = None,
+    log_every: int = 100,
+    tensorboard=None,
 ) -> list[dict]:
     """Train on ``dataset`` (train/test images and labels) and return one record per epoch run.
 
     ``resume`` continues from the checkpoint in ``checkpoint_dir``; without it a folder that
     already holds a checkpoint is refused unless ``overwrite``. ``other_outputs`` (flag -> path)
     names files the caller will write after training (the plot), so they are checked too.
+    Every ``log_every`` steps the mean training loss of those steps goes to the metrics file (a
+    step record), to the TensorBoard folder ``tensorboard`` where given, and to ``log`` when
+    there is no progress bar.
     """
     config.validate()
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"--log-every must be a whole number >= 1, got {log_every!r}")
+    tensorboard = outputs.prepare_folder(tensorboard, "--tensorboard")
+    if tensorboard is not None:
+        from rawgpu.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir (the folder holding the checkpoint)")
     metrics_path = outputs.check_file(metrics_path, "--metrics", "metrics")
@@ -235,13 +272,23 @@ def train(
                 f"--checkpoint-dir {checkpoint_dir} already holds a checkpoint ({ckpt.path_in(checkpoint_dir)}); "
                 f"continue it with --resume, replace it with --overwrite, or use another folder"
             )
-        return _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log)
+        return _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every, tensorboard)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log) -> list[dict]:
+def _open_tensorboard(folder, config, dataset_id, eng, done: int, steps: int):
+    if folder is None:
+        return contextlib.nullcontext(None)
+    from rawgpu.tensorboard_log import TensorBoardLog
+
+    hparams = {**asdict(config), "dataset": dataset_id["name"], "engine": eng.name}
+    # Resuming after epoch `done`: drop what a killed run logged past that epoch's last step.
+    return TensorBoardLog(folder, hparams, purge_step=done * steps + 1 if done else None)
+
+
+def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None) -> list[dict]:
     eng = _engine.current()
     in_features = int(np.prod(np.shape(dataset.train_images)[1:]))
     _check_memory(eng, dataset, config, in_features)
@@ -267,9 +314,21 @@ def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log) -
     elif metrics_path is not None:
         open(metrics_path, "w").close()  # a fresh run starts a fresh metrics file
 
-    records = []
     n, bs = len(train_split), config.batch_size
     steps = math.ceil(n / bs)
+    with _open_tensorboard(tensorboard, config, dataset_id, eng, done, steps) as tb:
+        return _epochs(
+            model, opt, eng, config, train_split, test_split, dataset_id, history, done, steps,
+            metrics_path, checkpoint_dir, progress, log, log_every, tb,
+        )
+
+
+def _epochs(model, opt, eng, config, train_split, test_split, dataset_id, history, done, steps,
+            metrics_path, checkpoint_dir, progress, log, log_every, tb) -> list[dict]:
+    """Epochs ``done + 1 .. config.epochs``: train, evaluate, checkpoint, log."""
+    records = []
+    n, bs = len(train_split), config.batch_size
+    window_sum, window_steps = 0.0, 0  # the losses since the last step record
     for epoch in range(done + 1, config.epochs + 1):
         x_all, y_all = train_split.shuffled(config.seed, epoch)
         bar = Progress(steps, f"epoch {epoch}/{config.epochs}", enabled=progress)
@@ -288,6 +347,17 @@ def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log) -
                 )
             opt.step()
             loss_sum += loss * xb.shape[0]
+            window_sum, window_steps = window_sum + loss, window_steps + 1
+            global_step = (epoch - 1) * steps + step + 1
+            if global_step % log_every == 0:
+                running = window_sum / window_steps
+                window_sum, window_steps = 0.0, 0
+                if metrics_path is not None:
+                    _append_metrics(metrics_path, {"epoch": epoch, "step": global_step, "train_loss": running}, durable=False)
+                if tb is not None:
+                    tb.step(global_step, running)
+                if not progress:
+                    log(f"epoch {epoch}/{config.epochs} step {global_step}: train loss {running:.4f}")
             if step % 10 == 0 or step == steps - 1:
                 elapsed = time.perf_counter() - start
                 bar.update(step + 1 - bar.count, f"loss {loss:.4f}  {_rate((lo + xb.shape[0]) / max(elapsed, 1e-9))} samples/s")
@@ -326,4 +396,6 @@ def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log) -
             )
         if metrics_path is not None:
             _append_metrics(metrics_path, record)
+        if tb is not None:
+            tb.epoch(epoch, epoch * steps, record)
     return records

@@ -81,7 +81,7 @@ FLAG_ERRORS = [
     (["--hidden", "0"], "--hidden"),
     (["--momentum", "-1"], "--momentum"),
     (["--device", "tpu"], "--device"),
-    (["--dataset", "cifar10"], "--dataset"),
+    (["--dataset", "cifar100"], "--dataset"),
 ]
 
 
@@ -186,7 +186,8 @@ def test_end_to_end_on_the_sample(capsys, tmp_path):
     pytest.importorskip("matplotlib", reason="--plot needs the plot extra")
     code, out, err = run(capsys, *argv, "--plot", str(plot))
     assert code == 0, err
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    records = [r for r in lines if "step" not in r]  # the epoch records; step records below
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for r in records:
         assert set(r) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "samples_per_s"}
@@ -196,7 +197,13 @@ def test_end_to_end_on_the_sample(capsys, tmp_path):
     # resuming for two more epochs continues the same metrics file
     code, _, err = run(capsys, *argv[:-4], "--epochs", "5", "--metrics", str(metrics), "--checkpoint-dir", str(ckpt), "--resume")
     assert code == 0, err
-    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "step" not in r] == [1, 2, 3, 4, 5]
+    # 3000 images in batches of 128: 24 steps an epoch, so the default --log-every 100 gives one
+    # step record, at global step 100, in epoch 5, before that epoch's record.
+    steps = [(i, r) for i, r in enumerate(lines) if "step" in r]
+    assert [(r["epoch"], r["step"], set(r)) for _, r in steps] == [(5, 100, {"epoch", "step", "train_loss"})]
+    assert steps[0][0] == len(lines) - 2 and 0 < steps[0][1]["train_loss"] < 3
 
 
 def test_console_script_errors_without_traceback(tmp_path):
