@@ -1,4 +1,4 @@
-"""The matmul kernels, launched directly, against a float64 NumPy reference.
+"""The matmul ladder (kernels/matmul/, every rung), launched directly, against a float64 NumPy reference.
 
 Simulator lane (``sim``): tiny tiles and tiny odd shapes, because the simulator runs one OS
 thread per CUDA thread. GPU lane (``gpu``): the default configs at large odd shapes. Every run
@@ -14,17 +14,14 @@ from rawgpu.kernels import matmul as mm
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
 TRANS_IDS = ["NN", "NT", "TN", "TT"]
 
-# Tiny tiles for the simulator, none of them square in every respect: a 4x2 naive block, a tile
-# of 3 (not a power of two), and register blocks whose threads do not divide the shared tiles
-# evenly (6x4 tile, bk=3: 18 and 12 values copied by 4 threads).
-SIM_CFGS = {
-    "naive": mm.config("naive", block_x=4, block_y=2),
-    "tiled": mm.config("tiled", tile=3),
-    "regblock": mm.config("regblock", bm=6, bn=4, bk=3, tm=3, tn=2),
-}
+# Tiny tiles for the simulator (each rung's SIM_PARAMS), none of them square in every respect:
+# a 4x2 naive block, a tile of 3 (not a power of two), register blocks whose threads do not
+# divide the shared tiles evenly (6x4 tile, bk=3: 18 and 12 values copied by 4 threads), warp
+# tiles of 2 lanes, and split-K into 3 slices (some of them empty at small K).
+SIM_CFGS = {variant: mm.sim_config(variant) for variant in mm.VARIANTS}
 # (M, N, K): 1x1x1, K = 1, tall, wide, and shapes that are not multiples of any tile above and
 # span several tiles in every dimension.
-SIM_SHAPES = [(1, 1, 1), (4, 5, 1), (5, 7, 3), (13, 2, 4), (2, 11, 5), (14, 10, 8)]
+SIM_SHAPES = [(1, 1, 1), (4, 5, 1), (13, 2, 4), (2, 11, 5), (9, 7, 8)]
 
 
 def operands(rng, m, n, k, trans_a, trans_b):
@@ -61,11 +58,17 @@ def test_matches_float64(lane, rng, variant, trans):
 
 @pytest.mark.sim
 @pytest.mark.parametrize("trans", TRANS, ids=TRANS_IDS)
-def test_regblock_square_tiles(lane, rng, trans):
-    """The textbook shape (bm = bn, tm = tn), where the copy loops divide evenly."""
-    cfg = mm.config("regblock", bm=4, bn=4, bk=2, tm=2, tn=2)
+@pytest.mark.parametrize("variant, params", [
+    ("blocktile2d", {"bm": 4, "bn": 4, "bk": 2, "tm": 2, "tn": 2}),
+    ("transposed", {"bm": 4, "bn": 4, "bk": 2, "tm": 2, "tn": 2, "pad": 0}),
+    ("warptile", {"bm": 4, "bn": 4, "bk": 2, "wm": 4, "wn": 2, "tm": 2, "tn": 1, "pad": 1}),
+    ("splitk", {"bm": 4, "bn": 4, "bk": 2, "tm": 2, "tn": 2, "pad": 1, "splits": 1}),
+])
+def test_square_tiles_and_one_split(lane, rng, variant, params, trans):
+    """The textbook shape (bm = bn, tm = tn), where the copy loops divide evenly; split-K at 1."""
+    cfg = mm.config(variant, **params)
     for shape in [(1, 1, 1), (9, 6, 5)]:
-        check(lane, rng, shape, trans, "regblock", cfg)
+        check(lane, rng, shape, trans, variant, cfg)
 
 
 @pytest.mark.sim
@@ -109,48 +112,72 @@ def test_shape_mismatch_is_refused(a_shape, b_shape, out_shape, flags):
 def test_config_of_another_variant_is_refused():
     a, b = np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32)
     with pytest.raises(ValueError, match="cfg"):
-        mm.matmul(a, b, poisoned((2, 2)), variant="naive", cfg=mm.config("tiled"))
+        mm.matmul(a, b, poisoned((2, 2)), variant="naive", cfg=mm.config("smem"))
 
 
 # --- config ----------------------------------------------------------------------------------
 
 
+def test_variants_are_the_ladder_in_order():
+    assert mm.VARIANTS == ("naive", "coalesced", "smem", "blocktile1d", "blocktile2d", "transposed", "warptile", "splitk")
+
+
 def test_config_defaults():
-    assert mm.config("naive").params == {"block_x": 16, "block_y": 16}
-    assert mm.config("tiled").params == {"tile": 16}
-    assert mm.config("regblock").params == {"bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4}
+    assert mm.config("naive").params == {"block_x": 32, "block_y": 8}
+    assert mm.config("smem").params == {"tile": 32}
+    assert mm.config("blocktile2d").params == {"bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4}
     for variant in mm.VARIANTS:
         cfg = mm.config(variant)
         assert cfg.variant == variant
-        assert np.prod(cfg.block) == 256
+        assert np.prod(cfg.block) == (1024 if variant == "smem" else 512 if variant == "blocktile1d" else 256)
+        assert cfg.threads == np.prod(cfg.block)
         hash(cfg)  # keys the kernel cache
 
 
 def test_config_overrides_and_block():
-    cfg = mm.config("regblock", bm=8, bn=16, tm=2, tn=4)
+    cfg = mm.config("blocktile2d", bm=8, bn=16, tm=2, tn=4)
     assert cfg.params == {"bm": 8, "bn": 16, "bk": 8, "tm": 2, "tn": 4}
     assert cfg.block == (4, 4)  # (bn / tn, bm / tm)
     assert cfg.tile_shape == (8, 16)
-    assert mm.config("naive", block_x=32, block_y=2).block == (32, 2)
+    assert mm.config("coalesced", block_x=32, block_y=2).block == (32, 2)
+    assert mm.config("naive", block_x=32, block_y=2).tile_shape == (32, 2)  # x runs down the rows
+    assert mm.config("blocktile1d").block == (64, 8)
+    assert mm.config("warptile").block == (256, 1)  # 8 warp tiles of 32 lanes
+    assert "splits=4" in mm.config("splitk").text()
 
 
 @pytest.mark.parametrize("variant, params, name", [
     ("strassen", {}, "variant"),
-    ("tiled", {"block_x": 8}, "block_x"),
-    ("tiled", {"tile": 0}, "tile"),
+    ("smem", {"block_x": 8}, "block_x"),
+    ("smem", {"tile": 0}, "tile"),
     ("naive", {"block_y": -2}, "block_y"),
-    ("naive", {"block_x": 4.0}, "block_x"),
-    ("regblock", {"bk": True}, "bk"),
-    ("regblock", {"bm": 64, "tm": 3}, "tm"),
-    ("regblock", {"bn": 10, "tn": 4}, "tn"),
+    ("coalesced", {"block_x": 4.0}, "block_x"),
+    ("blocktile2d", {"bk": True}, "bk"),
+    ("blocktile2d", {"bm": 64, "tm": 3}, "tm"),
+    ("transposed", {"bn": 10, "tn": 4}, "tn"),
+    ("blocktile1d", {"bm": 12, "tm": 5}, "tm"),
+    ("warptile", {"wm": 48}, "wm"),
     ("naive", {"block_x": 64, "block_y": 32}, "block_x"),
-    ("tiled", {"tile": 33}, "tile"),
-    ("regblock", {"bm": 128, "bn": 128, "tm": 2, "tn": 2}, "bm"),
-    ("regblock", {"bm": 128, "bn": 128, "bk": 64, "tm": 8, "tn": 8}, "bk"),
+    ("smem", {"tile": 33}, "tile"),
+    ("blocktile2d", {"bm": 128, "bn": 128, "tm": 2, "tn": 2}, "bm"),
+    ("blocktile2d", {"bm": 128, "bn": 128, "bk": 64, "tm": 8, "tn": 8}, "bk"),
+    ("splitk", {"splits": 70000}, "splits"),
 ])
 def test_config_rejects(variant, params, name):
     with pytest.raises(ValueError, match=name):
         mm.config(variant, **params)
+
+
+def test_compile_targets_cover_every_rung_and_transpose_pair():
+    targets = mm.compile_targets()
+    rungs = [t for t in targets if t.kernel in mm.VARIANTS]
+    assert len(rungs) == 4 * len(mm.VARIANTS)
+    assert {t.config.split()[-1] for t in rungs} == {"NN", "NT", "TN", "TT"}
+    for t in rungs:
+        assert t.signature == "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"
+        assert t.threads_per_block == mm.config(t.kernel).threads
+        assert hasattr(t.dispatcher, "py_func")
+    assert any(t.kernel == "splitk_zero" for t in targets)  # split-K's helper is reported too
 
 
 # --- GPU lane --------------------------------------------------------------------------------
@@ -169,6 +196,6 @@ def test_gpu_default_configs(lane, rng, variant, trans):
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", mm.VARIANTS)
 def test_gpu_rows_beyond_grid_limit(lane, rng, variant):
-    """More row tiles than CUDA's 65535 gridDim.y, at the default (largest) row tile of 64."""
-    m = mm.MAX_GRID_Y * 64 + 37
+    """More row tiles than CUDA's 65535 gridDim.y, at each rung's default row tile."""
+    m = mm.MAX_GRID_Y * mm.config(variant).tile_shape[0] + 37
     check(lane, rng, (m, 3, 2), (True, False), variant, mm.config(variant))

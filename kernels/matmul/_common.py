@@ -63,8 +63,9 @@ def make_config(variant, defaults, params, geometry):
             raise ValueError(f"{name}: not a parameter of matmul variant {variant!r} (it takes {', '.join(defaults)})")
     values = {**defaults, **params}
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        least = 0 if name == "pad" else 1  # padding may be none; everything else counts something
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
     block, tile_shape, shared = geometry(values)
     if shared > MAX_SHARED_BYTES:
         raise ValueError(f"bk: shared tiles need {shared} bytes, more than {MAX_SHARED_BYTES}; lower bk or the tile sizes")

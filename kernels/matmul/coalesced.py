@@ -1,8 +1,10 @@
 """Rung 2, ``coalesced``: the same one-thread-per-element kernel, with the warp along a row of C.
 
 The idea. Swap which thread index runs where: threadIdx.x now runs along the *columns* j of C,
-``j = bx * block_x + x`` and ``i = by * block_y + y``. The arithmetic and the number of loads are
-unchanged (2K loads per element, one per multiply-add), but what a warp asks of memory is not:
+``j = bx * block_x + x`` and ``i = by * block_y + y``.
+
+What it changes. The arithmetic and the number of loads are unchanged (2K loads per element,
+one per multiply-add), but what a warp asks of memory is not:
 at step k its 32 threads read ``B[k, j .. j+31]``, 32 neighbouring floats, which the hardware
 *coalesces* into four 32-byte sectors (one 128-byte line) instead of 32 separate ones; its read
 of ``A[i, k]`` is one address for the whole warp (a broadcast); and its stores to C are 32

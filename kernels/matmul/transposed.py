@@ -2,8 +2,10 @@
 
 The idea. Rung 5 does few shared loads per FMA, but many of them are *bank conflicts*. Shared
 memory is 32 banks, 4 bytes wide; the 32 threads of a warp are served in one pass only when their
-addresses fall in 32 different banks (or are the same address: a broadcast). This rung changes
-two things, both about addresses, none about arithmetic:
+addresses fall in 32 different banks (or are the same address: a broadcast).
+
+What it changes: two things, both about addresses, none about arithmetic (shared and global
+loads per FMA stay those of rung 5; what falls is how many passes each load costs):
 
 * A's tile is stored transposed, ``As[k, i]``, so that at step kk the thread reads a *row* of As,
   like it reads a row of Bs. Its copy from global memory stays coalesced (consecutive threads
@@ -22,8 +24,11 @@ also loads global and shared memory as ``float4``, 16 bytes per instruction: Num
 has no way to reinterpret a float32 array as float4 or to emit ``ld.global.v4.f32``, and its
 LLVM does not merge four adjacent scalar loads into one because it cannot prove 16-byte
 alignment. The compiled PTX of this rung has no ``.v4`` loads. So this rung takes the half of
-that step Numba can take: the transposed, conflict-free layout. Shared loads per FMA and global
-loads per FMA are those of rung 5; what changes is how many passes each load costs.
+that step Numba can take: the transposed, conflict-free layout.
+
+Registers: ptxas needs a few more here than for rung 5 (the strided indices), so the launch
+bounds ask for 3 blocks of 256 threads per SM (at most 85 registers, 37.5% occupancy); at 4 blocks
+(64 registers) it spilled 4 bytes.
 """
 
 from __future__ import annotations

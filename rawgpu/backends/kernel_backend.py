@@ -12,26 +12,29 @@ from __future__ import annotations
 import numpy as np
 
 from rawgpu.kernels import elementwise, loss, matmul, optimizer, reductions
+from rawgpu.kernels.matmul import tuning as matmul_tuning
 
 #: Launch settings per engine. The simulator's are small: every CUDA thread is an OS thread there.
 LAUNCH = {
     "cuda": {
-        "matmul_variant": "regblock",
-        "matmul": {
-            "naive": matmul.config("naive"),
-            "tiled": matmul.config("tiled"),
-            "regblock": matmul.config("regblock"),
-        },
+        # None: the autotuner (kernels/matmul/tuning.py) picks rung and config per product shape.
+        "matmul_variant": None,
+        "matmul": {variant: matmul.config(variant) for variant in matmul.VARIANTS},
         "threads": 256,
         "col_sum": {"threads_x": 32, "threads_y": 8},
         "row_threads_max": 128,
     },
     "sim": {
-        "matmul_variant": "tiled",
+        "matmul_variant": "blocktile2d",
         "matmul": {
             "naive": matmul.config("naive", block_x=8, block_y=4),
-            "tiled": matmul.config("tiled", tile=4),
-            "regblock": matmul.config("regblock", bm=8, bn=8, bk=4, tm=2, tn=2),
+            "coalesced": matmul.config("coalesced", block_x=8, block_y=4),
+            "smem": matmul.config("smem", tile=4),
+            "blocktile1d": matmul.config("blocktile1d", bm=8, bn=4, bk=4, tm=2),
+            "blocktile2d": matmul.config("blocktile2d", bm=8, bn=8, bk=4, tm=2, tn=2),
+            "transposed": matmul.config("transposed", bm=8, bn=8, bk=4, tm=2, tn=2, pad=1),
+            "warptile": matmul.config("warptile", bm=8, bn=8, bk=4, wm=4, wn=4, tm=2, tn=2, pad=1),
+            "splitk": matmul.config("splitk", bm=8, bn=8, bk=4, tm=2, tn=2, pad=1, splits=2),
         },
         "threads": 32,
         "col_sum": {"threads_x": 8, "threads_y": 4},
@@ -53,6 +56,8 @@ class KernelBackend:
         self.name = "sim" if simulator else "cuda"
         self.settings = LAUNCH[self.name]
         self._scratch: dict = {}
+        self.matmul_picks: dict = {}  # (m, n, k, trans_a, trans_b) -> (variant, config, reason)
+        self._gpu = None
         if simulator:
             self.xp = np
             self._view = lambda arr: arr
@@ -86,12 +91,39 @@ class KernelBackend:
     # --- the op interface -------------------------------------------------------------------
 
     def matmul(self, a, b, out, trans_a, trans_b, variant):
-        variant = variant or self.settings["matmul_variant"]
+        if variant is not None:
+            cfg = self.settings["matmul"][variant]
+        elif self.settings["matmul_variant"] is not None:
+            variant = self.settings["matmul_variant"]
+            cfg = self.settings["matmul"][variant]
+        else:
+            variant, cfg = self.matmul_pick(out.shape[0], out.shape[1], b.shape[1] if trans_b else b.shape[0], trans_a, trans_b)
         v = self._view
         matmul.matmul(
             v(a), v(b), v(out), trans_a=trans_a, trans_b=trans_b, variant=variant,
-            cfg=self.settings["matmul"][variant], stream=self._stream(),
+            cfg=cfg, stream=self._stream(),
         )
+
+    def matmul_pick(self, m, n, k, trans_a, trans_b):
+        """The autotuner's (variant, config) for one product shape; cached, with its reason kept in
+        ``self.matmul_picks`` (shape -> (variant, config, reason)) for ``rawgpu info``."""
+        key = (m, n, k, bool(trans_a), bool(trans_b))
+        hit = self.matmul_picks.get(key)
+        if hit is None:
+            gpu, sms = self._gpu_identity()
+            variant, params, reason = matmul_tuning.pick(*key, gpu=gpu, sms=sms)
+            hit = self.matmul_picks[key] = (variant, matmul.config(variant, **params), reason)
+        return hit[0], hit[1]
+
+    def _gpu_identity(self):
+        """(device name, SM count) of the current GPU, as the tuning table keys them."""
+        if self._gpu is None:
+            import cupy
+
+            dev = cupy.cuda.Device()
+            name = cupy.cuda.runtime.getDeviceProperties(dev.id)["name"]
+            self._gpu = (name.decode() if isinstance(name, bytes) else str(name), int(dev.attributes["MultiProcessorCount"]))
+        return self._gpu
 
     def bias_add(self, x, bias, out):
         v = self._view
