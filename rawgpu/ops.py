@@ -31,7 +31,9 @@ __all__ = [
     "MATMUL_VARIANTS",
 ]
 
-MATMUL_VARIANTS = ("naive", "tiled", "regblock")
+#: The matmul ladder's rungs, slowest idea first (kernels/matmul/). Imported from the kernels
+#: package's numba-free part, so this module still loads before an engine is chosen.
+from rawgpu.kernels.matmul import VARIANTS as MATMUL_VARIANTS  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,8 +87,9 @@ def matmul(a, b, *, trans_a=False, trans_b=False, out=None, variant=None):
     """``out = op(a) @ op(b)`` where ``op(x)`` is ``x.T`` when its flag is set.
 
     The transposes are read in place (``a`` stored as ``(K, M)`` when ``trans_a``), so the
-    backward pass needs no transposed copies. ``variant`` picks a kernel of the ladder
-    (``naive``, ``tiled``, ``regblock``) on the kernel engines; None takes the engine's default.
+    backward pass needs no transposed copies. ``variant`` picks a rung of the ladder
+    (:data:`MATMUL_VARIANTS`, ``naive`` ... ``splitk``) on the kernel engines; None takes the
+    engine's default (on ``cuda``, the autotuner's pick for this shape).
     The NumPy engine accepts the names and always uses BLAS.
     """
     eng = _engine.current()
