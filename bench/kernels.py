@@ -35,7 +35,7 @@ from common import (  # noqa: E402
 )
 from kernel_cases import OPS, BackendOps, CublasOps, mlp_problems, spec_for, square_problems  # noqa: E402
 
-VARIANTS = ("naive", "tiled", "regblock")  # rawgpu.ops.MATMUL_VARIANTS, the ladder from slow to fast
+from rawgpu.kernels.matmul import VARIANTS  # noqa: E402  (the ladder, slow to fast; loads no numba.cuda)
 TOLERANCE = 1e-4  # ||out - ref|| / ||ref||: FP32 lands far below; TF32 (~3e-4) or a wrong element above
 SIM_ONLY = "correctness only (simulator)"
 
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host-max-size", type=positive_int, default=4096, metavar="N", help="skip NumPy matmuls with a side above N (default 4096)")
     p.add_argument("--no-host", action="store_true", help="do not time NumPy on the host")
     p.add_argument("--seed", type=seed_int, default=None, help="seed for the random inputs (default: fresh each run)")
+    p.add_argument("--write-tuning", metavar="PATH", help="GPU only: record the fastest rung per training-shape matmul in this "
+                   "tuning table (kernels/matmul/tuning.json ships with the package), under this GPU's name")
     return p
 
 
@@ -462,7 +464,46 @@ def main(argv=None) -> int:
         "results": results,
     }
     emit(result, args, print_results, plot)
+    if args.write_tuning:
+        write_tuning(result, args.write_tuning)
     return 0
+
+
+def write_tuning(result, path) -> None:
+    """Add this GPU's winners to the autotuner's table: per training-shape matmul, the fastest rung
+    (at the launch config it was timed with) beside cuBLAS's time. Other GPUs' entries are kept."""
+    import datetime
+    import json
+
+    from common import write_json  # atomic: a temporary file, then a rename
+    from rawgpu.backends.kernel_backend import LAUNCH
+
+    if result["mode"] != "gpu":
+        raise BenchError("--write-tuning needs timings from a GPU; this run had none")
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except FileNotFoundError:
+        table = {"gpus": {}}
+    entries = []
+    for rec in result["results"]:
+        if rec["op"] != "matmul" or rec["group"] != "mlp":
+            continue
+        timed = [e for e in rec["kernels"] if e["timing"]]
+        if not timed:
+            continue
+        best = min(timed, key=lambda e: e["timing"]["ms"]["median"])
+        ref = rec["reference"]
+        entries.append({
+            "shape": [int(d) if i < 3 else bool(d) for i, d in enumerate(rec["dims"])],
+            "variant": best["name"], "params": LAUNCH["cuda"]["matmul"][best["name"]].params,
+            "us": 1e3 * best["timing"]["ms"]["median"],
+            "cublas_us": 1e3 * ref["timing"]["ms"]["median"] if ref and ref["timing"] else None,
+            "source": f"bench/kernels.py {datetime.date.today().isoformat()}",
+        })
+    table.setdefault("gpus", {})[result["environment"]["device"]] = entries
+    write_json(path, table)
+    print(f"wrote {len(entries)} tuning entries for {result['environment']['device']} to {path}", file=sys.stderr)
 
 
 def _launch_settings(mode):

@@ -25,7 +25,6 @@ from common import SCHEMA, BenchError, fmt_ms, fmt_num, markdown_table, run_main
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MARKERS = {kind: (f"<!-- results:{kind}:start -->", f"<!-- results:{kind}:end -->") for kind in ("kernels", "train")}
-VARIANTS = ("naive", "tiled", "regblock")
 
 
 def build_parser():
@@ -143,7 +142,7 @@ def kernels_section(run) -> str:
                    f"runs with CUDA events, L2 flushed and inputs rotated; NumPy runs on the host CPU.")
     else:
         out.append("No GPU on this machine: the kernel and cuBLAS columns say so; only NumPy on the host CPU was timed.")
-    variants = [v for v in VARIANTS if v in run["settings"]["variants"]]
+    variants = list(run["settings"]["variants"])  # the ladder's rungs as that run had them, in order
     square = [r for r in res if r["op"] == "matmul" and r["group"] == "square"]
     if square:
         headers = ["n"] + variants + ["cuBLAS", "NumPy (host)"]
