@@ -18,7 +18,7 @@ import numpy as np
 
 from rawgpu.atomic import atomic_file
 from rawgpu.cli import number_arg
-from rawgpu.train import check_writable
+from rawgpu.outputs import check_file
 
 #: Bumped when a field of the JSON results changes meaning; make_tables.py checks it.
 SCHEMA = 1
@@ -172,7 +172,7 @@ def _empty(text):
 def check_output_path(path, flag: str) -> None:
     """Fail before a long run, not after it, when an output file cannot be written."""
     try:
-        check_writable(path, flag)
+        check_file(path, flag)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
 
