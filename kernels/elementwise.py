@@ -72,3 +72,21 @@ def relu_backward(grad, act, out, *, threads=256, max_blocks=None, stream=0):
     """``out = grad * (act > 0)``, the gradient through a ReLU; ``out`` may be ``grad``."""
     n = grad.size  # contiguous, so a flat view is free
     _launch(_relu_backward_kernel, (grad.reshape(n), act.reshape(n), out.reshape(n)), threads, max_blocks, stream)
+
+
+# --- what rawgpu kernels compiles ------------------------------------------------------------
+
+
+def compile_targets() -> list:
+    """The three kernels as rawgpu's ``cuda`` engine launches them: 256 threads per block
+    (``LAUNCH["cuda"]["threads"]`` in rawgpu/backends/kernel_backend.py; the tests check they
+    agree), C-contiguous float32 arrays, the bias 1-D and ReLU backward over flat views."""
+    from ._compile import CompileTarget
+
+    bias_sig = "void(float32[:, ::1], float32[::1], float32[:, ::1])"
+    return [
+        CompileTarget("bias_act", "relu=False (bias_add)", bias_kernel(False), bias_sig, 256),
+        CompileTarget("bias_act", "relu=True (bias_relu)", bias_kernel(True), bias_sig, 256),
+        CompileTarget("relu_backward", "flat views", _relu_backward_kernel,
+                      "void(float32[::1], float32[::1], float32[::1])", 256),
+    ]

@@ -113,3 +113,26 @@ def softmax_cross_entropy(logits, labels, grad, row_loss, loss, *, threads=128, 
     blocks = min(rows, MAX_ROW_BLOCKS)
     rows_kernel(threads)[blocks, threads, stream](logits, labels, grad, row_loss)
     mean_kernel(threads)[1, threads, stream](row_loss, loss)
+
+
+# --- what rawgpu kernels compiles ------------------------------------------------------------
+
+#: Classes of every dataset rawgpu trains on (MNIST, Fashion-MNIST, CIFAR-10): what fixes the
+#: ``cuda`` engine's thread count for the softmax kernels below.
+CLASSES = 10
+
+
+def compile_targets() -> list:
+    """Both kernels as rawgpu's ``cuda`` engine launches them for 10 classes: 16 threads per row,
+    the power of two at or above the row length (``_row_threads`` in
+    rawgpu/backends/kernel_backend.py; the tests check they agree), float32 logits and
+    gradient, int32 labels, float32 per-row losses and a one-element float32 loss."""
+    from ._compile import CompileTarget
+
+    threads = 16
+    return [
+        CompileTarget("softmax_ce_rows", f"threads={threads} ({CLASSES} classes)", rows_kernel(threads),
+                      "void(float32[:, ::1], int32[::1], float32[:, ::1], float32[::1])", threads),
+        CompileTarget("mean", f"threads={threads}, float64 sum", mean_kernel(threads),
+                      "void(float32[::1], float32[::1])", threads),
+    ]

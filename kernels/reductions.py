@@ -20,7 +20,17 @@ from numba import cuda, float32, int32
 from ._launch import check_threads, grid_stride_blocks
 
 
-@cuda.jit(device=True)
+# The two tree helpers are device functions that kernels here and in loss.py call. They are
+# declared ``inline="always"``: Numba pastes their code into each calling kernel *before typing*,
+# so each call site is typed with its own buffer (float32, float64 or int32) and compiled as part
+# of the kernel, for whatever architecture the kernel is compiled for. Without it, numba-cuda
+# compiles a called device function separately, for the compute capability of the current GPU,
+# which it asks the driver for: compiling the kernel for sm_90 on a machine with no GPU (as
+# ``rawgpu kernels`` does) then fails. NVVM inlined these small functions anyway, so the machine
+# code is the same; the simulator ignores the option and calls them like Python functions.
+
+
+@cuda.jit(device=True, inline="always")
 def block_tree_sum(buf, tid, size):
     """Sum ``buf[0:size]`` (size a power of two, one slot per thread) into ``buf[0]``.
 
@@ -35,7 +45,7 @@ def block_tree_sum(buf, tid, size):
         half //= 2
 
 
-@cuda.jit(device=True)
+@cuda.jit(device=True, inline="always")
 def block_tree_max(buf, tid, size):
     """Like :func:`block_tree_sum`, with ``max`` in place of ``+``."""
     half = size // 2
@@ -138,3 +148,21 @@ def correct_count(logits, labels, count, *, threads=128, max_blocks=None, stream
         return
     blocks = grid_stride_blocks(rows, threads, max_blocks)
     correct_count_kernel(threads)[blocks, threads, stream](logits, labels, count)
+
+
+# --- what rawgpu kernels compiles ------------------------------------------------------------
+
+
+def compile_targets() -> list:
+    """Both kernels as rawgpu's ``cuda`` engine launches them (``LAUNCH["cuda"]`` in
+    rawgpu/backends/kernel_backend.py: col_sum 32 x 8, correct_count at the engine's 256
+    threads), with the argument types it passes (C-contiguous float32 arrays, int32 labels, a
+    one-element int32 counter). tests/test_kernel_report.py checks these against ``LAUNCH``."""
+    from ._compile import CompileTarget
+
+    return [
+        CompileTarget("col_sum", "threads_x=32 threads_y=8", col_sum_kernel(32, 8),
+                      "void(float32[:, ::1], float32[::1])", 32 * 8),
+        CompileTarget("correct_count", "threads=256", correct_count_kernel(256),
+                      "void(float32[:, ::1], int32[::1], int32[::1])", 256),
+    ]
