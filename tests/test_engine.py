@@ -108,3 +108,9 @@ def test_rawgpu_info_runs_and_reports():
         assert "gpu:        none (" in out.stdout
     else:
         assert "compute capability" in out.stdout
+    # The matmul autotuner's pick for each of the five training products, with its reason.
+    from rawgpu.kernels.matmul import VARIANTS
+
+    picks = out.stdout.split("matmul:", 1)[1].splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in picks] == ["128x128x784 NN", "128x10x128 NN", "128x10x128 TN", "128x128x10 NT", "784x128x128 TN"]
+    assert all(line.split(": ", 1)[1].split()[0] in VARIANTS and "(" in line for line in picks)
