@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -49,13 +50,25 @@ def trained_checkpoint(capsys, folder: Path, *extra) -> Path:
 # --- outputs that are not plain writable files ------------------------------------------------
 
 
-def test_a_device_is_never_replaced(capsys):
-    """--plot /dev/full as root turned the device into a PNG file."""
-    before = os.stat("/dev/null")
-    code, _, err = run(capsys, "train", *SAMPLE, "--plot", "/dev/null")
-    assert_short_error(code, err, "--plot /dev/null is a device")
-    after = os.stat("/dev/null")
-    assert (after.st_mode, after.st_rdev) == (before.st_mode, before.st_rdev)
+@pytest.mark.parametrize("kind", ["device", "pipe"])
+def test_a_device_or_pipe_is_never_replaced(capsys, tmp_path, kind):
+    """--plot /dev/full as root turned the device into a PNG file.
+
+    The device is a node of our own (a twin of /dev/null, made in tmp_path): on code with the
+    bug this test must fail without taking the machine's /dev/null with it."""
+    node = tmp_path / kind
+    if kind == "device":
+        try:
+            os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    else:
+        os.mkfifo(node)
+    before = os.stat(node)
+    code, _, err = run(capsys, "train", *SAMPLE, "--plot", str(node))
+    assert_short_error(code, err, f"--plot {node} is a {kind}")
+    after = os.stat(node)
+    assert (after.st_mode, after.st_rdev, after.st_ino) == (before.st_mode, before.st_rdev, before.st_ino)
 
 
 @pytest.mark.parametrize("flag", ["--metrics", "--plot"])
