@@ -1,4 +1,4 @@
-"""The ``rawgpu`` command: ``rawgpu info`` and ``rawgpu train``.
+"""The ``rawgpu`` command: ``rawgpu info``, ``rawgpu kernels`` and ``rawgpu train``.
 
 Every failure a user can cause (bad flags, bad data, no GPU, a checkpoint of another network)
 ends in one line on stderr and a non-zero exit, never a traceback.
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     sub.add_parser("info", help="the engine rawgpu would pick and why, the GPU, and package versions")
+    from rawgpu import kernel_report  # imports nothing heavy: numba.cuda only when it compiles
+
+    kernel_report.add_parser(sub)
 
     t = sub.add_parser("train", help="train the two-layer network (784-128-10 by default)")
     data = t.add_argument_group("data")
@@ -156,6 +159,10 @@ def _run_command(argv) -> int:
 
             print(report())
             return 0
+        if args.command == "kernels":
+            from rawgpu import kernel_report
+
+            return kernel_report.run(args)
         return _train(args)
     except MemoryError as exc:  # CuPy's OutOfMemoryError is a MemoryError too
         detail = str(exc).splitlines()[0] if str(exc) else "the allocation failed"
