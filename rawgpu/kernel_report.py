@@ -257,7 +257,9 @@ def f64_instructions(ptx: str) -> Counter:
     Counted in the PTX because the nvidia-cuda-nvcc wheel ships no disassembler for the machine
     code. ptxas never invents float64 work that the PTX does not ask for, so zero here is zero
     in the machine code; a nonzero count is a lower bound (a PTX ``div.rn.f64`` becomes several
-    FP64 machine instructions).
+    FP64 machine instructions). Checked once against the machine code disassembled by nvdisasm
+    (the separate nvidia-cuda-nvdisasm wheel): every kernel with no f64 PTX instruction had no
+    FP64 machine instruction on sm_80 and sm_90, and the loss's ``mean``, 17 here, had 42 there.
     """
     ops = Counter()
     for line in ptx.splitlines():
@@ -585,12 +587,19 @@ def _log(msg: str) -> None:
 
 
 def _run(archs: list[str], json_path: str | None) -> int:
+    if json_path not in (None, "-"):
+        from rawgpu.outputs import check_file
+
+        check_file(json_path, "--json")  # a bad path fails now, not after a minute of compiling
     result = report(archs, progress=_log)
     if json_path is not None:
         _write_json(result, json_path)
     if json_path != "-":
         for arch in archs:
-            print(f"\n{arch}:\n" if len(archs) > 1 else "", end="")
+            print(
+                f"{arch}: every kernel as the cuda engine launches it (configurations and argument types "
+                "from each kernel module's compile_targets()); occupancy is theoretical, per SM"
+            )
             print(table([r for r in result["kernels"] if r["arch"] == arch]))
     failed = [r for r in result["kernels"] if r.get("error")]
     if failed:
@@ -605,7 +614,7 @@ def run(args) -> int:
         arch = args.arch or default_arch()
         arch_of(arch)
         return _run([arch], args.json)
-    except (ReportError, OSError) as exc:
+    except (ReportError, OSError, ValueError) as exc:  # OutputError (a bad --json path) is a ValueError
         print(f"rawgpu: error: {exc}", file=sys.stderr)
         return 1
 
@@ -646,7 +655,7 @@ def main(argv=None) -> int:
         if args.write_readme or args.check_readme:
             return _readme_main(args)
         return _run(args.arch or [default_arch()], args.json)
-    except (ReportError, OSError) as exc:
+    except (ReportError, OSError, ValueError) as exc:  # OutputError (a bad --json path) is a ValueError
         print(f"rawgpu: error: {exc}", file=sys.stderr)
         return 1
 
