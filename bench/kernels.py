@@ -329,6 +329,44 @@ def _percentages(rec, ceilings):
 # ---------------------------------------------------------------------------------------------
 
 
+#: op -> (kernel name in the compile report, text its configuration contains): the kernel each
+#: op's "kernel" row times.
+OP_KERNELS = {
+    "bias_relu": ("bias_act", "relu=True"), "bias_add": ("bias_act", "relu=False"),
+    "relu_backward": ("relu_backward", ""), "col_sum": ("col_sum", ""),
+    "softmax_cross_entropy": ("softmax_ce_rows", ""), "sgd_momentum_": ("sgd_momentum", "nesterov=False"),
+    "correct_count": ("correct_count", ""),
+}
+
+
+def compile_report(arch: str) -> dict:
+    """Every kernel compiled for ``arch`` (rawgpu kernels, in this process: on a GPU numba.cuda is the real one)."""
+    from rawgpu import kernel_report
+
+    try:
+        return {"arch": arch, "kernels": kernel_report.report([arch])["kernels"], "error": None}
+    except Exception as exc:  # no compiler installed, an architecture it does not know: timings stand alone
+        return {"arch": arch, "kernels": [], "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+
+
+def stamp_resources(results: list, records: list) -> None:
+    """Put each timed kernel's registers and occupancy (from the compile report) beside its timings."""
+    for rec in results:
+        for e in rec["kernels"]:
+            if rec["op"] == "matmul":
+                flags = ("T" if rec["dims"][3] else "N") + ("T" if rec["dims"][4] else "N")
+                kernel, match = e["name"], lambda config: config.endswith(flags)  # noqa: E731
+            elif rec["op"] in OP_KERNELS:
+                kernel, text = OP_KERNELS[rec["op"]]
+                match = lambda config, text=text: text in config  # noqa: E731
+            else:
+                continue
+            found = [r for r in records if r["kernel"] == kernel and match(r["config"]) and not r.get("error")]
+            if found:
+                r = found[0]
+                e["resources"] = {k: r[k] for k in ("registers", "spill_bytes", "shared_bytes", "occupancy", "limiter")}
+
+
 def print_results(result) -> None:
     env = result["environment"]
     print(f"\n{describe_environment(env)}")
@@ -337,7 +375,7 @@ def print_results(result) -> None:
     if c:
         print(f"measured ceilings: copy {c['copy']['gbps']:,.0f} GB/s; cuBLAS SGEMM {c['sgemm']['tflops']:.1f} TFLOP/s (n={c['sgemm']['n']}, FP32)")
     sim = result["mode"] == "sim"
-    headers = ["op", "case", "shape", "impl"] + (["check (rel. error)"] if sim else ["median", "p10..p90", "rate", "% ceiling", "% cuBLAS"])
+    headers = ["op", "case", "shape", "impl"] + (["check (rel. error)"] if sim else ["median", "p10..p90", "rate", "% ceiling", "% cuBLAS", "regs / occupancy"])
     rows = []
     for rec in result["results"]:
         entries = [e for e in rec["kernels"] + [rec["reference"], rec["host"]] if e is not None]
@@ -351,10 +389,12 @@ def print_results(result) -> None:
             elif e["timing"]:
                 ms = e["timing"]["ms"]
                 pct = lambda x: f"{x:.1f}%" if x is not None else ""  # noqa: E731
+                res = e.get("resources")
                 rows.append(head + [fmt_ms(ms["median"]), f"{fmt_ms(ms['p10'])}..{fmt_ms(ms['p90'])}",
-                                    f"{fmt_num(e['rate'])} {rec['unit']}", pct(e["pct_of_ceiling"]), pct(e["pct_of_reference"])])
+                                    f"{fmt_num(e['rate'])} {rec['unit']}", pct(e["pct_of_ceiling"]), pct(e["pct_of_reference"]),
+                                    f"{res['registers']} / {100 * res['occupancy']:.0f}%" if res else ""])
             else:
-                rows.append(head + [e["status"], "", "", "", ""])
+                rows.append(head + [e["status"], "", "", "", "", ""])
     print(text_table(headers, rows))
     behind = sum(e["timing"].get("host_behind", 0) for rec in result["results"] for e in rec["kernels"] + [rec["reference"]] if e and e["timing"])
     if behind:
@@ -446,6 +486,14 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(problems)}] {problem.op} {problem.shape_text} ({problem.label})", file=sys.stderr, flush=True)
         results.append(run_problem(problem, ctx))
 
+    compiled = None
+    if mode == "gpu":  # registers and occupancy beside the timings, for the architecture timed
+        import cupy
+
+        print("compiling every kernel for the report of registers and occupancy ...", file=sys.stderr)
+        compiled = compile_report(f"sm_{cupy.cuda.Device().compute_capability}")  # "90" on an H100
+        stamp_resources(results, compiled["kernels"])
+
     result = {
         "bench": "kernels",
         "schema": SCHEMA,
@@ -462,6 +510,7 @@ def main(argv=None) -> int:
         "timing": ctx.gpu_timer.describe() if ctx.gpu_timer else None,
         "ceilings": ctx.ceilings,
         "results": results,
+        "compile": compiled,  # rawgpu kernels for the GPU timed (None off a GPU: nothing was timed)
     }
     emit(result, args, print_results, plot)
     if args.write_tuning:

@@ -232,3 +232,29 @@ def test_make_tables_refuses_a_file_without_markers(tmp_path):
     proc = run_bench("make_tables.py", "--readme", readme)
     assert proc.returncode == 1 and "markers" in proc.stderr and "Traceback" not in proc.stderr
     assert readme.read_text() == "# no markers here\n"
+
+
+def test_resources_are_stamped_beside_the_timings():
+    """On a GPU run, each timed kernel gets its registers and occupancy from the compile report."""
+    # bench/kernels.py imports its siblings (common, timing) by plain name: load it with bench/ on
+    # the path, under a name of its own, and take the path entry out again.
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_kernels", BENCH / "kernels.py")
+        bench_kernels = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_kernels)
+    finally:
+        sys.path.remove(str(BENCH))
+
+    results = [
+        {"op": "matmul", "dims": [128, 128, 784, False, True], "kernels": [{"name": "blocktile2d"}, {"name": "naive"}]},
+        {"op": "bias_relu", "dims": [128, 128], "kernels": [{"name": "kernel"}]},
+    ]
+    rec = lambda kernel, config, regs: {"kernel": kernel, "config": config, "registers": regs, "spill_bytes": 0,  # noqa: E731
+                                        "shared_bytes": 0, "occupancy": 0.5, "limiter": "registers"}
+    records = [rec("blocktile2d", "bm=64 NN", 60), rec("blocktile2d", "bm=64 NT", 62),
+               rec("bias_act", "relu=False (bias_add)", 20), rec("bias_act", "relu=True (bias_relu)", 22)]
+    bench_kernels.stamp_resources(results, records)
+    assert results[0]["kernels"][0]["resources"]["registers"] == 62  # the NT compile, as launched
+    assert "resources" not in results[0]["kernels"][1]  # no record for it: nothing invented
+    assert results[1]["kernels"][0]["resources"]["registers"] == 22
