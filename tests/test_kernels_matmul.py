@@ -33,8 +33,12 @@ def operands(rng, m, n, k, trans_a, trans_b):
 
 
 def run(lane, a, b, m, n, **kwargs):
+    """Launch into a NaN-poisoned output (and a NaN-poisoned workspace where the rung takes one)."""
     out = lane.to_device(poisoned((m, n)))
-    mm.matmul(lane.to_device(a), lane.to_device(b), out, **kwargs)
+    cfg = kwargs.get("cfg") or mm.config(kwargs.get("variant", "blocktile2d"))
+    ws_shape = mm.workspace_shape(cfg, m, n)
+    workspace = None if ws_shape is None else lane.to_device(poisoned(ws_shape))
+    mm.matmul(lane.to_device(a), lane.to_device(b), out, workspace=workspace, **kwargs)
     return lane.to_host(out)
 
 
@@ -87,7 +91,47 @@ def test_empty_inner_dimension_gives_zeros(lane, variant):
     np.testing.assert_array_equal(got, np.zeros((3, 2), np.float32))
 
 
+@pytest.mark.sim
+@pytest.mark.parametrize("trans", TRANS, ids=TRANS_IDS)
+def test_splitk_is_bitwise_reproducible(lane, rng, trans):
+    """The partial tiles are summed in a fixed order (no atomics): two runs agree to the bit,
+    and a workspace left dirty by another product changes nothing."""
+    m, n, k = 9, 7, 20  # 3 slices of K, each several bk-tiles long
+    a, b, ref = operands(rng, m, n, k, *trans)
+    cfg = SIM_CFGS["splitk"]
+    first = run(lane, a, b, m, n, trans_a=trans[0], trans_b=trans[1], variant="splitk", cfg=cfg)
+    assert_close(first, ref, tol=1e-5, what=f"splitk trans={trans}")
+    ws = lane.to_device(rng.standard_normal(mm.workspace_shape(cfg, m, n)).astype(np.float32))
+    out = lane.to_device(poisoned((m, n)))
+    mm.matmul(lane.to_device(a), lane.to_device(b), out, trans_a=trans[0], trans_b=trans[1],
+              variant="splitk", cfg=cfg, workspace=ws)
+    assert lane.to_host(out).tobytes() == first.tobytes()
+
+
 # --- launcher checks (no kernel runs) --------------------------------------------------------
+
+
+def test_workspace_shape():
+    cfg = mm.config("splitk", splits=5)
+    assert mm.workspace_shape(cfg, 128, 10) == (5, 128, 10)
+    assert mm.workspace_shape(mm.config("transposed"), 128, 10) is None
+
+
+@pytest.mark.parametrize("workspace", [None, np.zeros((2, 3, 4), np.float32), np.zeros((3, 4, 3), np.float32),
+                                       np.zeros((3, 3, 4), np.float64)], ids=["missing", "splits", "transposed", "float64"])
+def test_splitk_refuses_a_missing_or_wrong_workspace(workspace):
+    cfg = mm.config("splitk", bm=4, bn=4, bk=2, tm=2, tn=2, pad=1, splits=3)
+    a, b = np.zeros((3, 5), np.float32), np.zeros((5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"^workspace: .*\(3, 3, 4\)") as info:
+        mm.matmul(a, b, poisoned((3, 4)), variant="splitk", cfg=cfg, workspace=workspace)
+    assert "\n" not in str(info.value)
+
+
+def test_workspace_refused_by_a_rung_that_takes_none():
+    a, b = np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match="workspace"):
+        mm.matmul(a, b, poisoned((2, 2)), variant="naive", workspace=np.zeros((1, 2, 2), np.float32))
+
 
 
 def test_empty_output_launches_nothing():
@@ -174,10 +218,13 @@ def test_compile_targets_cover_every_rung_and_transpose_pair():
     assert len(rungs) == 4 * len(mm.VARIANTS)
     assert {t.config.split()[-1] for t in rungs} == {"NN", "NT", "TN", "TT"}
     for t in rungs:
-        assert t.signature == "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"
+        c = "float32[:, :, ::1]" if t.kernel == "splitk" else "float32[:, ::1]"  # split-K writes its workspace
+        assert t.signature == f"void(float32[:, ::1], float32[:, ::1], {c})"
         assert t.threads_per_block == mm.config(t.kernel).threads
         assert hasattr(t.dispatcher, "py_func")
-    assert any(t.kernel == "splitk_zero" for t in targets)  # split-K's helper is reported too
+    sums = [t for t in targets if t.kernel == "splitk_sum"]  # split-K's second kernel is reported too
+    assert len(sums) == 1 and sums[0].signature == "void(float32[:, :, ::1], float32[:, ::1])"
+    assert not any(t.kernel == "splitk_zero" for t in targets)
 
 
 # --- GPU lane --------------------------------------------------------------------------------

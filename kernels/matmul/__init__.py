@@ -16,7 +16,7 @@ essay on the one idea it adds and what that should change:
 ``transposed``  A's tile stored transposed and each thread's elements strided: conflict-free shared
                 loads (the half of CUDA C's "vectorised" step Numba can express: no float4)
 ``warptile``    the block tile split into warp tiles: a warp's threads share a small working set
-``splitk``      for thin products: K split across blocks, partial sums added into C atomically
+``splitk``      for thin products: K split across blocks, partial tiles summed in a fixed order
 ==============  =================================================================================
 
 Transposes. ``trans_a`` means ``a`` is stored as K x M and the product uses its transpose;
@@ -80,13 +80,22 @@ def kernel(variant: str, trans_a: bool, trans_b: bool, cfg: MatmulConfig):
     return rung(variant).kernel(bool(trans_a), bool(trans_b), **cfg.params)
 
 
-def matmul(a, b, out, *, trans_a=False, trans_b=False, variant="blocktile2d", cfg=None, stream=0) -> None:
+def workspace_shape(cfg: MatmulConfig, m: int, n: int):
+    """The scratch array an M x N product needs at ``cfg``, as a shape (float32, C-contiguous), or
+    None when the rung needs none. Only ``splitk`` needs one: (splits, M, N) for its partial tiles."""
+    shape_of = getattr(rung(cfg.variant), "workspace_shape", None)
+    return None if shape_of is None else shape_of(cfg, m, n)
+
+
+def matmul(a, b, out, *, trans_a=False, trans_b=False, variant="blocktile2d", cfg=None, stream=0, workspace=None) -> None:
     """``out[:] = op(a) @ op(b)``, with ``op(x) = x.T`` where the flag is set.
 
     ``a`` is (M, K), or (K, M) with ``trans_a``; ``b`` is (K, N), or (N, K) with ``trans_b``;
     ``out`` is (M, N). All float32 and C-contiguous: NumPy arrays in the simulator, device arrays
-    on a GPU. ``cfg`` comes from :func:`config` (the variant's defaults when None). Launches on
-    ``stream`` and returns at once: no allocation, no synchronisation.
+    on a GPU. ``cfg`` comes from :func:`config` (the variant's defaults when None). ``workspace``
+    is scratch of :func:`workspace_shape` for the rungs that need one (``splitk``; it is
+    overwritten), None for the others. Launches on ``stream`` and returns at once: no
+    allocation, no synchronisation.
     """
     mod = rung(variant)
     if cfg is None:
@@ -102,12 +111,18 @@ def matmul(a, b, out, *, trans_a=False, trans_b=False, variant="blocktile2d", cf
             f"out: op(a) is {m_a}x{k_a} and op(b) is {k_b}x{n_b}, so out must be {m_a}x{n_b} "
             f"with matching inner sizes; got out {m}x{n}"
         )
+    takes_workspace = hasattr(mod, "workspace_shape")
+    if workspace is not None and not takes_workspace:
+        raise ValueError(f"workspace: matmul variant {variant!r} takes no workspace (only splitk does); pass None")
     if m == 0 or n == 0:
         return  # nothing to write, and CUDA refuses an empty grid
     rows, cols = cfg.tile_shape
     grid = (-(-n // cols), min(-(-m // rows), MAX_GRID_Y))
     dispatcher = mod.kernel(bool(trans_a), bool(trans_b), **cfg.params)
-    mod.launch(dispatcher, cfg, a, b, out, grid, stream)
+    if takes_workspace:
+        mod.launch(dispatcher, cfg, a, b, out, grid, stream, workspace)
+    else:
+        mod.launch(dispatcher, cfg, a, b, out, grid, stream)
 
 
 def compile_targets() -> list:
@@ -124,6 +139,7 @@ def compile_targets() -> list:
         cfg = mod.config()
         for ta, tb in TRANSPOSES:
             flags = ("T" if ta else "N") + ("T" if tb else "N")
-            targets.append(CompileTarget(variant, f"{cfg.text()} {flags}", mod.kernel(ta, tb, **cfg.params), SIGNATURE, cfg.threads))
+            signature = getattr(mod, "SIGNATURE", SIGNATURE)  # splitk writes a (splits, M, N) workspace
+            targets.append(CompileTarget(variant, f"{cfg.text()} {flags}", mod.kernel(ta, tb, **cfg.params), signature, cfg.threads))
         targets.extend(getattr(mod, "extra_targets", lambda cfg: [])(cfg))
     return targets

@@ -195,13 +195,16 @@ def _run(mm, a, b, m, n, ta, tb, variant, cfg, on_gpu):
     import numpy as np
 
     out = np.full((m, n), np.nan, np.float32)
+    ws_shape = mm.workspace_shape(cfg, m, n)  # split-K's scratch, poisoned too
+    ws = None if ws_shape is None else np.full(ws_shape, np.nan, np.float32)
     if not on_gpu:
-        mm.matmul(a, b, out, trans_a=ta, trans_b=tb, variant=variant, cfg=cfg)
+        mm.matmul(a, b, out, trans_a=ta, trans_b=tb, variant=variant, cfg=cfg, workspace=ws)
         return out
     from numba import cuda
 
     d_out = cuda.to_device(out)
-    mm.matmul(cuda.to_device(a), cuda.to_device(b), d_out, trans_a=ta, trans_b=tb, variant=variant, cfg=cfg)
+    d_ws = None if ws is None else cuda.to_device(ws)
+    mm.matmul(cuda.to_device(a), cuda.to_device(b), d_out, trans_a=ta, trans_b=tb, variant=variant, cfg=cfg, workspace=d_ws)
     cuda.synchronize()
     return d_out.copy_to_host()
 
@@ -233,7 +236,10 @@ def _time_on_gpu(mm, variant, cfg, sizes, reps):
         b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
         c = cupy.empty((n, n), dtype=cupy.float32)
         view = lambda x: cuda.as_cuda_array(x, sync=False)  # noqa: E731
-        ours = median_ms(lambda: mm.matmul(view(a), view(b), view(c), variant=variant, cfg=cfg, stream=stream))
+        ws_shape = mm.workspace_shape(cfg, n, n)
+        ws = None if ws_shape is None else cupy.empty(ws_shape, dtype=cupy.float32)  # kept alive here
+        ours = median_ms(lambda: mm.matmul(view(a), view(b), view(c), variant=variant, cfg=cfg, stream=stream,
+                                           workspace=None if ws is None else view(ws)))
         theirs = median_ms(lambda: cupy.matmul(a, b, out=c))
         flops = 2.0 * n**3
         print(f"{n:>6} {ours:>12.3f} {flops / ours / 1e6:>9.0f} {theirs:>10.3f} {flops / theirs / 1e6:>9.0f} {100 * theirs / ours:>8.1f}%")

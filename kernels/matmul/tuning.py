@@ -14,6 +14,9 @@ or ``splitk``). :func:`pick` decides, in two ways, and says which:
    if those do; else ``splitk`` with enough slices of K to reach one block per SM, keeping at
    least 64 values of K per slice.
 
+Whatever it picks, the results are reproducible bit for bit: ``splitk`` sums its slices' partial
+tiles in a fixed order (through a workspace, not atomics), like every other rung's dot products.
+
 The table shipped today holds no measurements (it was written on a machine without a GPU), so
 every pick is the heuristic's until the benchmark has run on a GPU. Nothing here imports
 numba.cuda: the compile report and ``rawgpu info`` can call :func:`pick` and :func:`explain`.

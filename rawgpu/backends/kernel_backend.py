@@ -99,9 +99,13 @@ class KernelBackend:
         else:
             variant, cfg = self.matmul_pick(out.shape[0], out.shape[1], b.shape[1] if trans_b else b.shape[0], trans_a, trans_b)
         v = self._view
+        # split-K's workspace for its partial tiles: allocated once per shape, reused (stream order
+        # keeps one product's sum ahead of the next product's writes).
+        ws_shape = matmul.workspace_shape(cfg, out.shape[0], out.shape[1])
+        workspace = None if ws_shape is None else v(self._buf("matmul_workspace", ws_shape))
         matmul.matmul(
             v(a), v(b), v(out), trans_a=trans_a, trans_b=trans_b, variant=variant,
-            cfg=cfg, stream=self._stream(),
+            cfg=cfg, stream=self._stream(), workspace=workspace,
         )
 
     def matmul_pick(self, m, n, k, trans_a, trans_b):
