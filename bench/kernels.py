@@ -562,7 +562,12 @@ def _launch_settings(mode):
     from rawgpu.backends.kernel_backend import LAUNCH
 
     settings = LAUNCH["cuda" if mode == "gpu" else "sim"]
-    return {k: ({n: repr(c) for n, c in v.items()} if k == "matmul" else v) for k, v in settings.items()}
+    def plain(value):  # configs (MatmulConfig and friends) as their repr; numbers and names as they are
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+
+    return plain(settings)
 
 
 if __name__ == "__main__":

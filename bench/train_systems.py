@@ -78,7 +78,10 @@ class _CallRecorder:
     captures exactly the kernel launches of a step, with their arrays, so they can be replayed.
     """
 
-    METHODS = ("matmul", "bias_add", "bias_relu", "relu_backward", "col_sum", "softmax_cross_entropy", "sgd_momentum_", "correct_count")
+    METHODS = (
+        "matmul", "bias_add", "bias_relu", "relu_backward", "col_sum", "softmax_cross_entropy", "sgd_momentum_", "correct_count",
+        "linear_relu", "linear_softmax_ce", "linear_backward_relu", "weight_grad",  # the fused step: one launch each
+    )
 
     def __init__(self, backend):
         self.backend, self.calls = backend, []
@@ -122,7 +125,7 @@ def split_rawgpu_step(data, hidden: int, batch: int, seed: int, steps: int) -> d
     ops.validate_labels(y, batch, c)
 
     def step():
-        model.loss_and_grads(x, y, check_labels=False)
+        model.loss_and_grads(x, y)
         opt.step()
 
     for _ in range(10):  # warm-up: JIT compilation, allocator, caches
@@ -135,8 +138,15 @@ def split_rawgpu_step(data, hidden: int, batch: int, seed: int, steps: int) -> d
         eng.synchronize()
         wall.append((time.perf_counter() - t0) * 1e3)
 
-    with _CallRecorder(eng.backend) as rec:
-        step()
+    syncs = []  # every read of device memory or wait for the device goes through these two
+    to_host, synchronize = type(eng).to_host, type(eng).synchronize
+    eng.to_host = lambda arr: syncs.append("to_host") or to_host(eng, arr)
+    eng.synchronize = lambda: syncs.append("synchronize") or synchronize(eng)
+    try:
+        with _CallRecorder(eng.backend) as rec:
+            step()
+    finally:
+        del eng.to_host, eng.synchronize
     calls = rec.calls
 
     def replay(_):
@@ -144,7 +154,8 @@ def split_rawgpu_step(data, hidden: int, batch: int, seed: int, steps: int) -> d
             fn(*args, **kwargs)
 
     gpu = _gpu_timer().time(replay, 1, warmup=3, min_reps=steps, max_reps=steps, budget_s=0.0, flush=False)
-    return _split(summarize(wall), gpu, len(calls), "replayed backend calls behind a GPU delay kernel, CUDA events")
+    split = _split(summarize(wall), gpu, len(calls), "replayed backend calls behind a GPU delay kernel, CUDA events")
+    return {**split, "launches_per_step": len(calls), "host_syncs_per_step": len(syncs)}
 
 
 @functools.lru_cache(maxsize=1)

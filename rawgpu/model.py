@@ -46,9 +46,24 @@ class TwoLayerMLP:
             bound = 1.0 / np.sqrt(fan_in)
             host[w] = rng.uniform(-bound, bound, size=(fan_in, fan_out)).astype(np.float32)
             host[b] = rng.uniform(-bound, bound, size=(fan_out,)).astype(np.float32)
-        self.params = {name: self.engine.asarray(host[name]) for name in PARAM_NAMES}
-        self.grads = {name: self.engine.zeros(self.params[name].shape) for name in PARAM_NAMES}
+        # All four parameters live in one flat buffer, and so do their gradients: the named
+        # arrays are views into it. One SGD launch then updates every parameter at once.
+        self.shapes = {name: host[name].shape for name in PARAM_NAMES}
+        self.flat_params = self.engine.asarray(np.concatenate([host[name].ravel() for name in PARAM_NAMES]))
+        self.flat_grads = self.engine.zeros(self.flat_params.shape)
+        self.params = self.views(self.flat_params)
+        self.grads = self.views(self.flat_grads)
+        self.stats = ops.StepStats(self.engine)  # the step's loss sums and divergence, kept on the device
         self._buffers: dict[int, dict] = {}
+
+    def views(self, flat) -> dict:
+        """Named views ``W1, b1, W2, b2`` into a flat buffer laid out like the parameters."""
+        out, start = {}, 0
+        for name in PARAM_NAMES:
+            size = int(np.prod(self.shapes[name]))
+            out[name] = flat[start : start + size].reshape(self.shapes[name])
+            start += size
+        return out
 
     # --- buffers ------------------------------------------------------------------------------
 
@@ -61,7 +76,7 @@ class TwoLayerMLP:
                 "a": e.empty((batch, H)),  # hidden activations relu(x W1 + b1)
                 "z": e.empty((batch, C)),  # logits
                 "dz": e.empty((batch, C)),  # dL/dz
-                "da": e.empty((batch, H)),  # dL/da, then dL/d(pre-activation) in place
+                "dh": e.empty((batch, H)),  # dL/dh, the gradient at the ReLU's input
             }
         return buf
 
@@ -73,8 +88,7 @@ class TwoLayerMLP:
 
     def _forward_into(self, x, buf):
         p = self.params
-        ops.matmul(x, p["W1"], out=buf["a"])
-        ops.bias_relu(buf["a"], p["b1"], out=buf["a"])  # a = relu(x W1 + b1), in place
+        ops.linear_relu(x, p["W1"], p["b1"], out=buf["a"])  # a = relu(x W1 + b1)
         ops.matmul(buf["a"], p["W2"], out=buf["z"])
         ops.bias_add(buf["z"], p["b2"], out=buf["z"])  # z = a W2 + b2
         return buf["z"]
@@ -84,38 +98,37 @@ class TwoLayerMLP:
         self._check_batch(x)
         return self._forward_into(x, self._work(x.shape[0])).copy()
 
-    def loss_and_grads(self, x, labels, *, check_labels: bool = True) -> float:
-        """Mean cross-entropy of the batch; fills ``self.grads`` with its gradients.
+    def loss_and_grads(self, x, labels):
+        """Mean cross-entropy of the batch, as a 0-d array on the engine; fills ``self.grads``.
 
-        With ``L = mean_i CE(z_i, y_i)`` and the forward pass above, the chain rule gives, from
-        the top down (``P`` the row-wise softmax of ``z``, ``Y`` the one-hot labels)::
+        Five kernel launches (the sixth of a training step is the optimizer's). With
+        ``L = mean_i CE(z_i, y_i)``, ``h = x W1 + b1``, ``a = relu(h)``, ``z = a W2 + b2``, the
+        chain rule gives, from the top down (``P`` the row-wise softmax of ``z``, ``Y`` the
+        one-hot labels)::
 
-            dL/dz  = (P - Y) / B                 fused with the loss in softmax_cross_entropy
-            dL/dW2 = a^T dL/dz                   (H, C)  matmul(a, dz, trans_a=True)
-            dL/db2 = sum over rows of dL/dz      (C,)    col_sum(dz)
-            dL/da  = dL/dz W2^T                  (B, H)  matmul(dz, W2, trans_b=True)
-            dL/dh  = dL/da * [a > 0]             (B, H)  relu_backward: h = x W1 + b1, and
-                                                         relu'(h) = 1 exactly where a > 0
-            dL/dW1 = x^T dL/dh                   (D, H)  matmul(x, dh, trans_a=True)
-            dL/db1 = sum over rows of dL/dh      (H,)    col_sum(dh)
+            forward   a = relu(x W1 + b1)                       linear_relu            launch 1
+                      z = a W2 + b2, L, and dL/dz = (P - Y) / B linear_softmax_ce      launch 2
+            dL/dW2 = a^T dL/dz      (H, C)    dL/db2 = sum over rows of dL/dz      weight_grad  launch 3
+            dL/da  = dL/dz W2^T     (B, H)                                          linear_backward_relu
+            dL/dh  = dL/da * [a > 0]  (B, H)  relu'(h) = 1 exactly where a > 0,     launch 4 (one kernel:
+                                              so the mask is read from a               the ReLU is its epilogue)
+            dL/dW1 = x^T dL/dh      (D, H)    dL/db1 = sum over rows of dL/dh      weight_grad  launch 5
 
-        The bias gradients are column sums because each bias is added to every row of the batch.
-        The transposes are read in place by the matmul kernels; nothing is copied.
-        ``check_labels=False`` skips the per-call range check of ``labels`` on the cuda engine
-        (see ``ops.softmax_cross_entropy``): the training loop checks its labels once instead.
+        The bias gradients are column sums because each bias is added to every row of the batch;
+        they come out of the same kernels as the weight gradients. The transposes are read in
+        place; nothing is copied. The loss is not read back here: the device keeps the sums and
+        the first non-finite step in ``self.stats`` (``float(loss)`` reads this step's loss, at
+        the price of waiting for the GPU).
         """
         self._check_batch(x)
         buf = self._work(x.shape[0])
         p, g = self.params, self.grads
-        z = self._forward_into(x, buf)
-        loss, dz = ops.softmax_cross_entropy(z, labels, grad_out=buf["dz"], check_labels=check_labels)
-        ops.matmul(buf["a"], dz, trans_a=True, out=g["W2"])
-        ops.col_sum(dz, out=g["b2"])
-        ops.matmul(dz, p["W2"], trans_b=True, out=buf["da"])
-        dh = ops.relu_backward(buf["da"], buf["a"], out=buf["da"])
-        ops.matmul(x, dh, trans_a=True, out=g["W1"])
-        ops.col_sum(dh, out=g["b1"])
-        return float(loss)
+        ops.linear_relu(x, p["W1"], p["b1"], out=buf["a"])
+        loss = ops.linear_softmax_ce(buf["a"], p["W2"], p["b2"], labels, logits_out=buf["z"], grad_out=buf["dz"], stats=self.stats)
+        ops.weight_grad(buf["a"], buf["dz"], w_out=g["W2"], b_out=g["b2"])
+        ops.linear_backward_relu(buf["dz"], p["W2"], buf["a"], out=buf["dh"])
+        ops.weight_grad(x, buf["dh"], w_out=g["W1"], b_out=g["b1"])
+        return loss
 
     def evaluate(self, x, labels, *, batch_size: int = 1000) -> tuple[float, float]:
         """Mean loss and accuracy over a whole set, in batches (the gradients are left alone)."""
@@ -128,10 +141,10 @@ class TwoLayerMLP:
         for start in range(0, n, batch_size):
             xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
             buf = self._work(xb.shape[0])
-            z = self._forward_into(xb, buf)
-            loss, _ = ops.softmax_cross_entropy(z, yb, grad_out=buf["dz"])
+            ops.linear_relu(xb, self.params["W1"], self.params["b1"], out=buf["a"])
+            loss = ops.linear_softmax_ce(buf["a"], self.params["W2"], self.params["b2"], yb, logits_out=buf["z"], grad_out=buf["dz"])
             total_loss += float(loss) * xb.shape[0]
-            correct += ops.correct_count(z, yb)
+            correct += ops.correct_count(buf["z"], yb)
         return total_loss / n, correct / n
 
     # --- saving and loading --------------------------------------------------------------------

@@ -28,6 +28,11 @@ __all__ = [
     "softmax_cross_entropy",
     "sgd_momentum_",
     "correct_count",
+    "linear_relu",
+    "linear_softmax_ce",
+    "linear_backward_relu",
+    "weight_grad",
+    "StepStats",
     "MATMUL_VARIANTS",
 ]
 
@@ -56,6 +61,14 @@ def _check(name, arr, eng, *, ndim, dtype=np.float32, shape=None):
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
     return tuple(arr.shape)
+
+
+def _check_inner(name, w, eng, k, left):
+    """Check a weight matrix whose rows must match the columns (``k``) of ``left``."""
+    k_w, cols = _check(name, w, eng, ndim=2)
+    if k_w != k:
+        raise ValueError(f"{name} must have {k} rows, one per column of {left}, got shape {(k_w, cols)}")
+    return k_w, cols
 
 
 def _output(name, out, eng, shape, dtype=np.float32):
@@ -157,7 +170,7 @@ def col_sum(x, *, out=None):
     return out
 
 
-def softmax_cross_entropy(logits, labels, *, grad_out=None, check_labels=True):
+def softmax_cross_entropy(logits, labels, *, grad_out=None):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
     For a batch of ``B`` rows, ``loss = mean_i(logsumexp(z_i) - z_i[y_i])`` and
@@ -166,20 +179,20 @@ def softmax_cross_entropy(logits, labels, *, grad_out=None, check_labels=True):
     has the shape of ``logits`` (written into ``grad_out`` when given). Computed with the row
     maximum subtracted, so logits of +-1e4 stay finite.
 
-    ``check_labels=False`` skips the range check of the labels on the ``cuda`` engine, where it
-    costs a read back to the host, a synchronisation, at every call: for callers that checked
-    their labels once already, like the training loop. A label out of range then makes the loss
-    NaN (the kernels never read or write out of bounds). The host engines check always: there
-    the check is cheap, and NumPy's indexing would quietly wrap a negative label.
+    Labels are range-checked on the host engines, where it is cheap (and NumPy's indexing would
+    quietly wrap a negative label). On the ``cuda`` engine a check would read the labels back
+    to the host, a synchronisation, at every call; there the kernel flags a label out of range
+    itself, by making that row's loss and gradient NaN, and callers validate their labels once
+    per dataset (:func:`validate_labels`), as the training loop does.
     """
     eng = _engine.current()
     rows, classes = _check("logits", logits, eng, ndim=2)
     if rows < 1 or classes < 1:
         raise ValueError(f"logits must have at least one row and one class, got shape {(rows, classes)}")
-    if check_labels or not eng.is_device:
-        validate_labels(labels, rows, classes, eng)
-    else:
+    if eng.is_device:
         _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
+    else:
+        validate_labels(labels, rows, classes, eng)
     grad = _output("grad_out", grad_out, eng, (rows, classes))
     loss = eng.backend.softmax_cross_entropy(logits, labels, grad)
     return loss, grad
@@ -203,6 +216,107 @@ def sgd_momentum_(param, grad, velocity, *, lr, momentum, weight_decay=0.0, nest
         raise ValueError("nesterov=True needs momentum > 0")
     eng.backend.sgd_momentum_(param, grad, velocity, lr, momentum, weight_decay, bool(nesterov))
     return param
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused ops of one training step (six launches in all, with one SGD launch)
+# ---------------------------------------------------------------------------------------------
+
+
+class StepStats:
+    """What the training step keeps on the device so the host need not read it every step.
+
+    ``counters`` (int32): steps taken, the first step whose loss was not finite (0: none yet),
+    labels found outside [0, classes), and a scratch slot the loss kernel uses to find its last
+    block. ``sums`` (float64): the sum of the row losses (mean x batch size, summed over steps)
+    and the sum of the steps' mean losses. The training loop reads them every N steps
+    (:meth:`read`) and clears them (:meth:`reset`) at each epoch's start.
+    """
+
+    def __init__(self, eng=None):
+        self.engine = eng or _engine.current()
+        self.counters = self.engine.zeros((4,), np.int32)
+        self.sums = self.engine.zeros((2,), np.float64)
+
+    def reset(self) -> None:
+        self.counters[...] = 0
+        self.sums[...] = 0
+
+    def read(self) -> dict:
+        """One read of the device: steps, first_bad_step, bad_labels, loss_sum, mean_sum."""
+        counters, sums = self.engine.to_host(self.counters), self.engine.to_host(self.sums)
+        return {
+            "steps": int(counters[0]), "first_bad_step": int(counters[1]), "bad_labels": int(counters[2]),
+            "loss_sum": float(sums[0]), "mean_sum": float(sums[1]),
+        }
+
+
+def linear_relu(x, w, b, *, out):
+    """``out = relu(x @ w + b)``: a hidden layer's forward pass in one kernel (matmul, bias, ReLU)."""
+    eng = _engine.current()
+    rows, k = _check("x", x, eng, ndim=2)
+    _, cols = _check_inner("w", w, eng, k, "x")
+    _check("b", b, eng, ndim=1, shape=(cols,))
+    _check("out", out, eng, ndim=2, shape=(rows, cols))
+    eng.backend.linear_relu(x, w, b, out)
+    return out
+
+
+def linear_softmax_ce(a, w, b, labels, *, logits_out, grad_out, stats=None):
+    """The output layer and its loss in one kernel: ``z = a @ w + b``, the mean softmax
+    cross-entropy of ``z`` against ``labels``, and ``dL/dz = (softmax(z) - onehot) / B``.
+
+    Returns the loss as a 0-d float32 array of the engine's kind (``float()`` reads it; it is
+    overwritten by the next call with the same batch size). With ``stats`` (a :class:`StepStats`)
+    the step is also counted on the device: the loss sums grow and the first non-finite loss's
+    step is kept, with no read back to the host. A label outside ``[0, classes)`` makes the loss
+    NaN and is counted in ``stats``; the host engines refuse it outright.
+    """
+    eng = _engine.current()
+    rows, hidden = _check("a", a, eng, ndim=2)
+    _, classes = _check_inner("w", w, eng, hidden, "a")
+    _check("b", b, eng, ndim=1, shape=(classes,))
+    if rows < 1:
+        raise ValueError("a must have at least one row: the mean loss of zero rows is undefined")
+    if eng.is_device:
+        _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
+    else:
+        validate_labels(labels, rows, classes, eng)
+    _check("logits_out", logits_out, eng, ndim=2, shape=(rows, classes))
+    _check("grad_out", grad_out, eng, ndim=2, shape=(rows, classes))
+    if stats is not None and not isinstance(stats, StepStats):
+        raise TypeError(f"stats must be an ops.StepStats or None, got {type(stats).__name__}")
+    return eng.backend.linear_softmax_ce(a, w, b, labels, logits_out, grad_out, stats)
+
+
+def linear_backward_relu(d, w, act, *, out):
+    """``out = (d @ w.T) * [act > 0]``: the gradient back through a linear layer and the ReLU
+    before it (``w`` is read transposed in place; ``out`` must not be ``act``)."""
+    eng = _engine.current()
+    rows, n = _check("d", d, eng, ndim=2)
+    cols, n_w = _check("w", w, eng, ndim=2)
+    if n_w != n:
+        raise ValueError(f"w must have {n} columns, one per column of d, got shape {(cols, n_w)}")
+    _check("act", act, eng, ndim=2, shape=(rows, cols))
+    _check("out", out, eng, ndim=2, shape=(rows, cols))
+    if out is act:
+        raise ValueError("out must not be act: the ReLU mask is read while out is written")
+    eng.backend.linear_backward_relu(d, w, act, out)
+    return out
+
+
+def weight_grad(inp, d, *, w_out, b_out):
+    """A linear layer's gradients in one kernel: ``w_out = inp.T @ d`` and ``b_out`` the column
+    sums of ``d`` (each bias is added to every row, so its gradient sums over the batch)."""
+    eng = _engine.current()
+    rows, k = _check("inp", inp, eng, ndim=2)
+    rows_d, n = _check("d", d, eng, ndim=2)
+    if rows_d != rows:
+        raise ValueError(f"d must have {rows} rows, one per row of inp, got shape {(rows_d, n)}")
+    _check("w_out", w_out, eng, ndim=2, shape=(k, n))
+    _check("b_out", b_out, eng, ndim=1, shape=(n,))
+    eng.backend.weight_grad(inp, d, w_out, b_out)
+    return w_out, b_out
 
 
 def correct_count(logits, labels):

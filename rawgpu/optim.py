@@ -23,24 +23,23 @@ class SGD:
     """
 
     def __init__(self, model, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
-        # The op checks these again at every step; checking here turns a bad value into an error
-        # at construction, before any training time is spent.
-        ops._hyper("lr", lr, positive=True)
-        ops._hyper("momentum", momentum)
-        ops._hyper("weight_decay", weight_decay)
-        if nesterov and float(momentum) == 0.0:
+        # Checked once, here: the step below passes them on unchecked.
+        self.lr, self.momentum = ops._hyper("lr", lr, positive=True), ops._hyper("momentum", momentum)
+        self.weight_decay = ops._hyper("weight_decay", weight_decay)
+        if nesterov and self.momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0")
+        self.nesterov = bool(nesterov)
         self.model = model
-        self.lr, self.momentum, self.weight_decay, self.nesterov = float(lr), float(momentum), float(weight_decay), bool(nesterov)
-        self.velocity = {name: model.engine.zeros(model.params[name].shape) for name in PARAM_NAMES}
+        # One flat velocity, laid out like the model's flat parameters: one launch per step.
+        self.flat_velocity = model.engine.zeros(model.flat_params.shape)
+        self.velocity = model.views(self.flat_velocity)
 
     def step(self) -> None:
-        """Update every parameter in place from ``model.grads``."""
-        for name in PARAM_NAMES:
-            ops.sgd_momentum_(
-                self.model.params[name], self.model.grads[name], self.velocity[name],
-                lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
-            )
+        """Update every parameter in place from ``model.grads``: one kernel launch for all four."""
+        ops.sgd_momentum_(
+            self.model.flat_params, self.model.flat_grads, self.flat_velocity,
+            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
+        )
 
     def state_dict(self) -> dict:
         """The velocities as NumPy copies, under the parameters' names."""

@@ -195,6 +195,17 @@ def _append_metrics(path, record: dict, *, durable: bool = True) -> None:
             os.fsync(fh.fileno())
 
 
+def _stop_if_diverged(now: dict, done: int, steps: int, config: "TrainConfig") -> None:
+    """Raise if the device recorded a non-finite loss: it kept the exact step, the host names it."""
+    if now["first_bad_step"]:
+        bad = done * steps + now["first_bad_step"]  # the device counts the steps of this run
+        epoch, step = (bad - 1) // steps + 1, (bad - 1) % steps + 1
+        raise TrainingError(
+            f"the loss became non-finite at epoch {epoch}, step {step}; "
+            f"training stopped: try a lower learning rate (--lr, now {config.lr:g})"
+        )
+
+
 def _epoch_record(epoch, loss_sum, n, test_loss, test_acc, seconds) -> dict:
     return {
         "epoch": epoch,
@@ -328,39 +339,35 @@ def _epochs(model, opt, eng, config, train_split, test_split, dataset_id, histor
     """Epochs ``done + 1 .. config.epochs``: train, evaluate, checkpoint, log."""
     records = []
     n, bs = len(train_split), config.batch_size
-    window_sum, window_steps = 0.0, 0  # the losses since the last step record
+    # The device keeps the running loss sums and the first non-finite step (model.stats); the
+    # host reads them every log_every steps and at each epoch's end, never per step.
+    seen = last = model.stats.read()  # at the last step record / at the last epoch's end
     for epoch in range(done + 1, config.epochs + 1):
         x_all, y_all = train_split.shuffled(config.seed, epoch)
         bar = Progress(steps, f"epoch {epoch}/{config.epochs}", enabled=progress)
-        loss_sum = 0.0
         eng.synchronize()
         start = time.perf_counter()
         for step in range(steps):
             lo = step * bs
-            xb, yb = x_all[lo : lo + bs], y_all[lo : lo + bs]
-            loss = model.loss_and_grads(xb, yb, check_labels=False)  # checked once, in DeviceSplit
-            if not math.isfinite(loss):
-                bar.close()
-                raise TrainingError(
-                    f"the loss became {loss} at epoch {epoch}, step {step + 1}; "
-                    f"training stopped: try a lower learning rate (--lr, now {config.lr:g})"
-                )
+            model.loss_and_grads(x_all[lo : lo + bs], y_all[lo : lo + bs])  # labels checked once, in DeviceSplit
             opt.step()
-            loss_sum += loss * xb.shape[0]
-            window_sum, window_steps = window_sum + loss, window_steps + 1
+            bar.update(1)
             global_step = (epoch - 1) * steps + step + 1
+            if global_step % log_every and step < steps - 1:
+                continue  # no look at the device this step: the GPU runs ahead
+            now = model.stats.read()  # the one host synchronisation every log_every steps
+            _stop_if_diverged(now, done, steps, config)
             if global_step % log_every == 0:
-                running = window_sum / window_steps
-                window_sum, window_steps = 0.0, 0
+                running = (now["mean_sum"] - seen["mean_sum"]) / (now["steps"] - seen["steps"])
                 if metrics_path is not None:
                     _append_metrics(metrics_path, {"epoch": epoch, "step": global_step, "train_loss": running}, durable=False)
                 if tb is not None:
                     tb.step(global_step, running)
                 if not progress:
                     log(f"epoch {epoch}/{config.epochs} step {global_step}: train loss {running:.4f}")
-            if step % 10 == 0 or step == steps - 1:
-                elapsed = time.perf_counter() - start
-                bar.update(step + 1 - bar.count, f"loss {loss:.4f}  {_rate((lo + xb.shape[0]) / max(elapsed, 1e-9))} samples/s")
+                bar.update(0, f"loss {running:.4f}  {_rate((lo + bs) / max(time.perf_counter() - start, 1e-9))} samples/s")
+                seen = now
+        loss_sum, last = now["loss_sum"] - last["loss_sum"], now  # the sum of this epoch's row losses
         eng.synchronize()
         seconds = time.perf_counter() - start
         # Every step's loss was finite, but the last update can still blow the weights up (one

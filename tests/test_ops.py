@@ -16,7 +16,8 @@ from rawgpu import ops
 ON_GPU = KERNEL_ENGINE == "cuda"
 # (M, N, K): 1x1x1, and shapes that are not multiples of any tile (the sim engine uses 4x4 tiles
 # and 8x8 register blocks; the GPU defaults are 16 to 64).
-MATMUL_SHAPES = [(1, 1, 1), (5, 7, 3), (9, 6, 11), (17, 3, 2)] if not ON_GPU else [(1, 1, 1), (1000, 517, 333), (129, 1031, 2047)]
+# In the simulator: tiny and odd (every rung is checked at more shapes in test_kernels_matmul.py).
+MATMUL_SHAPES = [(1, 1, 1), (5, 7, 3), (17, 3, 2)] if not ON_GPU else [(1, 1, 1), (1000, 517, 333), (129, 1031, 2047)]
 ROWS_COLS = [(1, 1), (5, 3), (13, 10), (33, 17)] if not ON_GPU else [(1, 1), (4099, 10), (1000, 4097)]
 
 
@@ -196,15 +197,14 @@ def test_bad_arguments_name_the_argument(eng, rng):
 
 def test_labels_are_checked(eng, rng):
     z = put(eng, rand(rng, 4, 3))
+    with pytest.raises(TypeError, match="labels must be int32"):
+        ops.softmax_cross_entropy(z, put(eng, np.array([0, 1, 2, 0], np.int64)))
+    if eng.is_device:
+        return  # no read-back on the GPU: the kernel makes the loss NaN (the gpu test below)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         ops.softmax_cross_entropy(z, put(eng, np.array([0, 1, 3, 0], np.int32)))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         ops.softmax_cross_entropy(z, put(eng, np.array([0, -1, 2, 0], np.int32)))
-    with pytest.raises(TypeError, match="labels must be int32"):
-        ops.softmax_cross_entropy(z, put(eng, np.array([0, 1, 2, 0], np.int64)))
-    if not eng.is_device:  # the host engines check even when told they need not
-        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-            ops.softmax_cross_entropy(z, put(eng, np.array([0, -1, 2, 0], np.int32)), check_labels=False)
 
 
 @pytest.mark.gpu
@@ -212,7 +212,7 @@ def test_unchecked_bad_label_on_the_gpu_is_a_nan_loss(rng):
     eng = rawgpu.use("cuda")
     try:
         z = put(eng, rand(rng, 4, 3))
-        loss, grad = ops.softmax_cross_entropy(z, put(eng, np.array([0, 3, 2, -1], np.int32)), check_labels=False)
+        loss, grad = ops.softmax_cross_entropy(z, put(eng, np.array([0, 3, 2, -1], np.int32)))
         assert np.isnan(float(loss))
         assert np.isnan(eng.to_host(grad)[[1, 3]]).all() and np.isfinite(eng.to_host(grad)[[0, 2]]).all()
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rawgpu.kernels import elementwise, loss, matmul, optimizer, reductions
+from rawgpu.kernels import elementwise, fused, loss, matmul, optimizer, reductions
 from rawgpu.kernels.matmul import tuning as matmul_tuning
 
 #: Launch settings per engine. The simulator's are small: every CUDA thread is an OS thread there.
@@ -23,6 +23,8 @@ LAUNCH = {
         "threads": 256,
         "col_sum": {"threads_x": 32, "threads_y": 8},
         "row_threads_max": 128,
+        "fused": fused.config(),  # the training step's fused matmuls (kernels/fused.py)
+        "fused_threads": fused.THREADS,  # the fused output layer + loss, per row
     },
     "sim": {
         "matmul_variant": "blocktile2d",
@@ -39,6 +41,8 @@ LAUNCH = {
         "threads": 32,
         "col_sum": {"threads_x": 8, "threads_y": 4},
         "row_threads_max": 16,
+        "fused": fused.sim_config(),
+        "fused_threads": fused.SIM_THREADS,
     },
 }
 
@@ -67,9 +71,24 @@ class KernelBackend:
             from numba import cuda
 
             self.xp = cupy
+            # A Numba view of a CuPy array is made once per buffer and reused: building one
+            # (as_cuda_array) costs more host time than the launch it serves. A view is only a
+            # descriptor (address, shape, strides, dtype), so the same key means the same view,
+            # even for a new CuPy array that the memory pool placed at a freed one's address.
             # sync=False: CuPy arrays export their stream, and by default Numba would wait on it
             # before every launch. We launch on that same stream, so the wait is never needed.
-            self._view = lambda arr: cuda.as_cuda_array(arr, sync=False)
+            views: dict = {}
+
+            def view(arr):
+                key = (arr.data.ptr, arr.shape, arr.strides, arr.dtype.char)
+                v = views.get(key)
+                if v is None:
+                    if len(views) >= 4096:  # a training run uses a few dozen; this bounds odd callers
+                        views.clear()
+                    v = views[key] = cuda.as_cuda_array(arr, sync=False)
+                return v
+
+            self._view = view
             streams: dict = {}
 
             def current_stream():
@@ -162,6 +181,45 @@ class KernelBackend:
             v(param), v(grad), v(velocity), lr, momentum, weight_decay, nesterov,
             threads=self.settings["threads"], stream=self._stream(),
         )
+
+    # --- the fused ops of the training step: one launch each ---------------------------------
+
+    def linear_relu(self, x, w, b, out):
+        v = self._view
+        fused.linear_relu(v(x), v(w), v(b), v(out), cfg=self.settings["fused"], stream=self._stream())
+
+    def linear_softmax_ce(self, a, w, b, labels, z, dz, stats):
+        rows = a.shape[0]
+        row_loss = self._buf("fused_row_loss", (rows,))
+        # One loss buffer per batch size, reused: CUDA-graph replay needs fixed addresses, and the
+        # caller reads the loss (if at all) before the next step of that size.
+        result = self._buf("fused_loss", (1,))
+        if stats is None:  # evaluation: the kernel still needs its block counter, but counts nothing
+            counters, sums, accumulate = self._scratch_stats(), None, False
+        else:
+            counters, sums, accumulate = stats.counters, stats.sums, True
+        sums = sums if sums is not None else self._buf("fused_sums", (2,), np.float64)
+        v = self._view
+        fused.linear_softmax_ce(
+            v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums),
+            threads=self.settings["fused_threads"], accumulate=accumulate, stream=self._stream(),
+        )
+        return result.reshape(())
+
+    def _scratch_stats(self):
+        key = ("fused_counters", (4,), np.dtype(np.int32))
+        counters = self._scratch.get(key)
+        if counters is None:
+            counters = self._scratch[key] = self.xp.zeros((4,), np.int32)  # the block counter must start at 0
+        return counters
+
+    def linear_backward_relu(self, d, w, act, out):
+        v = self._view
+        fused.linear_backward_relu(v(d), v(w), v(act), v(out), cfg=self.settings["fused"], stream=self._stream())
+
+    def weight_grad(self, inp, d, w_out, b_out):
+        v = self._view
+        fused.weight_grad(v(inp), v(d), v(w_out), v(b_out), cfg=self.settings["fused"], stream=self._stream())
 
     def correct_count(self, logits, labels):
         count = self.xp.zeros((1,), np.int32)

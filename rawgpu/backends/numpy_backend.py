@@ -62,6 +62,33 @@ class NumpyBackend:
         grad *= np.float32(1.0 / rows)  # the mean over the batch
         return np.asarray(loss, dtype=np.float32)
 
+    # --- the fused ops of the training step ---------------------------------------------------
+
+    def linear_relu(self, x, w, b, out):
+        np.matmul(x, w, out=out)
+        self.bias_relu(out, b, out)
+
+    def linear_softmax_ce(self, a, w, b, labels, z, dz, stats):
+        np.matmul(a, w, out=z)
+        np.add(z, b, out=z)
+        loss = self.softmax_cross_entropy(z, labels, dz)
+        if stats is not None:  # what the kernel does on the device, done here on the host
+            counters, sums = stats.counters, stats.sums
+            counters[0] += 1
+            sums[0] += float(loss) * len(labels)
+            sums[1] += float(loss)
+            if not np.isfinite(loss) and counters[1] == 0:
+                counters[1] = counters[0]
+        return loss
+
+    def linear_backward_relu(self, d, w, act, out):
+        np.matmul(d, w.T, out=out)
+        self.relu_backward(out, act, out)
+
+    def weight_grad(self, inp, d, w_out, b_out):
+        np.matmul(inp.T, d, out=w_out)
+        np.add.reduce(d, axis=0, out=b_out)
+
     def _row_index(self, rows):
         idx = self._scratch.get(("row_index", rows))
         if idx is None:
