@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-progress", action="store_true", help="no progress bar (the running loss is printed every --log-every steps instead)")
     out.add_argument("--log-every", metavar="N", type=number_arg(int, minimum=1), default=100, help="steps between running-loss records (default 100)")
     out.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files there (needs the tensorboard extra)")
+    t.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each training step as a CUDA graph from the second epoch on (default: on for the cuda engine)")
     return parser
 
 
@@ -134,7 +136,7 @@ def _train(args) -> int:
     records = train(
         dataset, config, metrics_path=args.metrics, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, log=log,
-        other_outputs={"--plot": args.plot}, log_every=args.log_every, tensorboard=args.tensorboard,
+        other_outputs={"--plot": args.plot}, log_every=args.log_every, tensorboard=args.tensorboard, graphs=args.graphs,
     )
     if records:
         last = records[-1]

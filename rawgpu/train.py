@@ -35,6 +35,7 @@ from rawgpu import checkpoint as ckpt
 from rawgpu import engine as _engine
 from rawgpu import memory, ops, outputs
 from rawgpu.atomic import atomic_file
+from rawgpu.graphs import StepGraphs, training_stream
 from rawgpu.model import TwoLayerMLP
 from rawgpu.optim import SGD
 from rawgpu.progress import Progress
@@ -245,6 +246,7 @@ def train(
     other_outputs: dict | None = None,
     log_every: int = 100,
     tensorboard=None,
+    graphs: bool | None = None,
 ) -> list[dict]:
     """Train on ``dataset`` (train/test images and labels) and return one record per epoch run.
 
@@ -253,7 +255,8 @@ def train(
     names files the caller will write after training (the plot), so they are checked too.
     Every ``log_every`` steps the mean training loss of those steps goes to the metrics file (a
     step record), to the TensorBoard folder ``tensorboard`` where given, and to ``log`` when
-    there is no progress bar.
+    there is no progress bar. ``graphs`` (default: on where the engine is ``cuda``) replays each
+    step as a recorded CUDA graph from the second epoch of the run on (:mod:`rawgpu.graphs`).
     """
     config.validate()
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
@@ -283,7 +286,7 @@ def train(
                 f"--checkpoint-dir {checkpoint_dir} already holds a checkpoint ({ckpt.path_in(checkpoint_dir)}); "
                 f"continue it with --resume, replace it with --overwrite, or use another folder"
             )
-        return _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every, tensorboard)
+        return _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every, tensorboard, graphs)
     finally:
         if lock is not None:
             lock.release()
@@ -299,8 +302,17 @@ def _open_tensorboard(folder, config, dataset_id, eng, done: int, steps: int):
     return TensorBoardLog(folder, hparams, purge_step=done * steps + 1 if done else None)
 
 
-def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None) -> list[dict]:
+def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None, graphs=None) -> list[dict]:
     eng = _engine.current()
+    if graphs and not eng.is_device:
+        log(f"note: --graphs applies to the cuda engine; the {eng.name} engine launches eagerly")
+    # Everything of the run goes on one stream (on the GPU a fresh one: graph capture needs it).
+    with training_stream(eng):
+        return _run_on_stream(eng, dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every,
+                              tensorboard, graphs is not False and eng.is_device)
+
+
+def _run_on_stream(eng, dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every, tensorboard, use_graphs):
     in_features = int(np.prod(np.shape(dataset.train_images)[1:]))
     _check_memory(eng, dataset, config, in_features)
     dataset_id = ckpt.dataset_identity(dataset)
@@ -330,12 +342,12 @@ def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, l
     with _open_tensorboard(tensorboard, config, dataset_id, eng, done, steps) as tb:
         return _epochs(
             model, opt, eng, config, train_split, test_split, dataset_id, history, done, steps,
-            metrics_path, checkpoint_dir, progress, log, log_every, tb,
+            metrics_path, checkpoint_dir, progress, log, log_every, tb, StepGraphs(eng, log) if use_graphs else None,
         )
 
 
 def _epochs(model, opt, eng, config, train_split, test_split, dataset_id, history, done, steps,
-            metrics_path, checkpoint_dir, progress, log, log_every, tb) -> list[dict]:
+            metrics_path, checkpoint_dir, progress, log, log_every, tb, graphs) -> list[dict]:
     """Epochs ``done + 1 .. config.epochs``: train, evaluate, checkpoint, log."""
     records = []
     n, bs = len(train_split), config.batch_size
@@ -349,8 +361,16 @@ def _epochs(model, opt, eng, config, train_split, test_split, dataset_id, histor
         start = time.perf_counter()
         for step in range(steps):
             lo = step * bs
-            model.loss_and_grads(x_all[lo : lo + bs], y_all[lo : lo + bs])  # labels checked once, in DeviceSplit
-            opt.step()
+            xb, yb = x_all[lo : lo + bs], y_all[lo : lo + bs]  # labels checked once, in DeviceSplit
+
+            def one_step(xb=xb, yb=yb):  # six launches
+                model.loss_and_grads(xb, yb)
+                opt.step()
+
+            if graphs is None or epoch == done + 1:
+                one_step()  # eager (the run's first epoch always: it compiles and allocates)
+            else:
+                graphs.run(step, one_step)  # step k's recorded graph: the same slice every epoch
             bar.update(1)
             global_step = (epoch - 1) * steps + step + 1
             if global_step % log_every and step < steps - 1:

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 
 import rawgpu
+from rawgpu import checkpoint as ckpt
 from rawgpu import reference
 from rawgpu.engine import Engine
 from rawgpu.train import TrainConfig, train
-
-pytestmark = pytest.mark.sim
-
 
 @pytest.fixture
 def sim():
@@ -57,6 +55,7 @@ def _batch(eng, rng, b, d, c):
     return x, y
 
 
+@pytest.mark.sim
 def test_a_training_step_is_six_launches_and_no_host_read(sim, rng, launches, host_reads):
     model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
     opt = rawgpu.SGD(model, lr=0.1, momentum=0.9)
@@ -73,6 +72,7 @@ def test_a_training_step_is_six_launches_and_no_host_read(sim, rng, launches, ho
     assert model.stats.read()["steps"] == 4  # counted on the device
 
 
+@pytest.mark.sim
 def test_the_fused_step_matches_the_float64_reference(sim, rng):
     model = rawgpu.TwoLayerMLP(11, 6, 4, seed=2)
     x, y = _batch(sim, rng, 7, 11, 4)
@@ -85,6 +85,7 @@ def test_the_fused_step_matches_the_float64_reference(sim, rng):
         assert np.linalg.norm(got - g) <= 1e-5 * max(np.linalg.norm(g), 1e-30), name
 
 
+@pytest.mark.sim
 def test_an_epoch_reads_the_device_only_every_log_every_steps(sim, rng, host_reads, monkeypatch):
     """Zero host reads per step: the loop looks at the device's sums every N steps and at the end."""
     from types import SimpleNamespace
@@ -108,3 +109,100 @@ def test_an_epoch_reads_the_device_only_every_log_every_steps(sim, rng, host_rea
     between = [host_reads[a + 1 : b].count("to_host") for a, b in zip(marks, marks[1:])]
     assert len(marks) == 8
     assert between == [0, 0, 2, 2 + 4, 0, 2, 0], between
+
+
+# --- CUDA graphs: the replay logic without a GPU (a stand-in stream), and bit-for-bit on a GPU ----
+
+
+class _FakeStream:
+    """Records what the graph code asks of a CuPy stream; capture 'records' the calls made."""
+
+    def __init__(self, fail_at=None):
+        self.fail_at, self.capturing, self.events = fail_at, False, []
+
+    def begin_capture(self):
+        if self.fail_at == "begin":
+            raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing")
+        self.capturing = True
+
+    def end_capture(self):
+        self.capturing = False
+        recorded = [e for e in self.events if e[0] == "captured"]
+        self.events = [e for e in self.events if e[0] != "captured"]
+
+        class Graph:
+            def launch(self, stream):
+                stream.events.extend(("replayed", key) for _, key in recorded)
+
+        return Graph()
+
+
+def _fake_engine(stream):
+    from types import SimpleNamespace
+
+    xp = SimpleNamespace(cuda=SimpleNamespace(get_current_stream=lambda: stream))
+    return SimpleNamespace(is_device=True, xp=xp)
+
+
+def test_step_graphs_record_once_then_replay():
+    from rawgpu.graphs import StepGraphs
+
+    stream, logs = _FakeStream(), []
+    graphs = StepGraphs(_fake_engine(stream), logs.append)
+
+    def step(key):
+        return lambda: stream.events.append(("captured" if stream.capturing else "ran", key))
+
+    for epoch in range(3):
+        for key in (0, 1):
+            graphs.run(key, step(key))
+    # Each position recorded once (and replayed at once: recording alone runs nothing), then replayed.
+    assert stream.events == [("replayed", 0), ("replayed", 1)] * 3 and logs == []
+
+
+def test_step_graphs_fall_back_to_eager_in_one_line():
+    from rawgpu.graphs import StepGraphs
+
+    stream, logs = _FakeStream(fail_at="begin"), []
+    graphs = StepGraphs(_fake_engine(stream), logs.append)
+    ran = []
+    for key in (0, 1, 0):
+        graphs.run(key, lambda key=key: ran.append(key))
+    assert ran == [0, 1, 0]  # every step ran, eagerly, the failed capture's included
+    assert len(logs) == 1 and "CUDA graphs are not available here" in logs[0] and not graphs.enabled
+
+
+def test_graphs_flag_on_a_cpu_engine_is_a_note(capsys):
+    from test_cli import run
+
+    rawgpu.use("numpy")
+    code, _, err = run(capsys, "train", "--dataset", "sample", "--epochs", "1", "--hidden", "8", "--no-progress", "--graphs")
+    assert code == 0 and "note: --graphs applies to the cuda engine" in err
+
+
+@pytest.mark.gpu
+def test_graph_replay_equals_eager_bit_for_bit(tmp_path):
+    """Two epochs each way on the GPU: the second epoch replays recorded graphs, or launches eagerly."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    data = SimpleNamespace(
+        train_images=rng.integers(0, 256, (700, 784), dtype=np.uint8), train_labels=rng.integers(0, 10, 700).astype(np.uint8),
+        test_images=rng.integers(0, 256, (100, 784), dtype=np.uint8), test_labels=rng.integers(0, 10, 100).astype(np.uint8),
+        num_classes=10,
+    )
+    rawgpu.use("cuda")
+    try:
+        out, weights = {}, {}
+        for graphs in (False, True):
+            logs, ck = [], tmp_path / str(graphs)
+            records = train(data, TrainConfig(epochs=3, batch_size=128, hidden=128, seed=3), progress=False, log=logs.append,
+                            graphs=graphs, checkpoint_dir=ck)
+            assert not any("not available" in line for line in logs), logs
+            out[graphs] = [(r["train_loss"], r["test_loss"], r["test_accuracy"]) for r in records]
+            weights[graphs] = ckpt.load(ck)[0]
+        assert out[True] == out[False]
+        for name, w in weights[False].items():
+            assert np.array_equal(weights[True][name], w), name  # bit for bit
+    finally:
+        rawgpu.use("numpy")
