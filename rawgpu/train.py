@@ -302,127 +302,169 @@ def _open_tensorboard(folder, config, dataset_id, eng, done: int, steps: int):
     return TensorBoardLog(folder, hparams, purge_step=done * steps + 1 if done else None)
 
 
+@dataclass
+class _Run:
+    """Everything one training run works with, built once by :func:`_run`."""
+
+    eng: object
+    config: TrainConfig
+    model: TwoLayerMLP
+    opt: SGD
+    train_split: DeviceSplit
+    test_split: DeviceSplit
+    dataset_id: dict
+    steps: int  # per epoch
+    metrics_path: str | None
+    checkpoint_dir: str | None
+    progress: bool
+    log: object
+    log_every: int
+    graphs: StepGraphs | None = None  # CUDA graphs of the steps (cuda engine)
+    tb: object = None  # the TensorBoard log, where asked for
+
+
 def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None, graphs=None) -> list[dict]:
     eng = _engine.current()
     if graphs and not eng.is_device:
         log(f"note: --graphs applies to the cuda engine; the {eng.name} engine launches eagerly")
-    # Everything of the run goes on one stream (on the GPU a fresh one: graph capture needs it).
-    with training_stream(eng):
-        return _run_on_stream(eng, dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every,
-                              tensorboard, graphs is not False and eng.is_device)
-
-
-def _run_on_stream(eng, dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every, tensorboard, use_graphs):
     in_features = int(np.prod(np.shape(dataset.train_images)[1:]))
     _check_memory(eng, dataset, config, in_features)
-    dataset_id = ckpt.dataset_identity(dataset)
-    train_split = DeviceSplit(eng, dataset.train_images, dataset.train_labels, dataset.num_classes)
-    test_split = DeviceSplit(eng, dataset.test_images, dataset.test_labels, dataset.num_classes)
-    model = TwoLayerMLP(in_features, config.hidden, dataset.num_classes, seed=config.seed)
-    opt = SGD(model, config.lr, config.momentum, config.weight_decay, config.nesterov)
-
-    done, history = 0, []
-    if resume:
-        params, velocity, meta = ckpt.load(checkpoint_dir)
-        _check_resumable(meta, model, dataset_id, config, checkpoint_dir, log)
-        model.load_state_dict(params)
-        opt.load_state_dict(velocity)
-        done, history = meta["epochs_done"], meta["history"]
-        log(f"resumed from {ckpt.path_in(checkpoint_dir)} after epoch {done}")
-        if metrics_path is not None:
-            _restore_metrics(metrics_path, history)  # drops epochs a killed run logged past its checkpoint
-        if done >= config.epochs:
-            log(f"nothing to do: the checkpoint has {done} epoch(s) and --epochs is {config.epochs}")
-            return []
-    elif metrics_path is not None:
-        open(metrics_path, "w").close()  # a fresh run starts a fresh metrics file
-
-    n, bs = len(train_split), config.batch_size
-    steps = math.ceil(n / bs)
-    with _open_tensorboard(tensorboard, config, dataset_id, eng, done, steps) as tb:
-        return _epochs(
-            model, opt, eng, config, train_split, test_split, dataset_id, history, done, steps,
-            metrics_path, checkpoint_dir, progress, log, log_every, tb, StepGraphs(eng, log) if use_graphs else None,
+    # Everything of the run goes on one stream (on the GPU a fresh one: graph capture needs it).
+    with training_stream(eng):
+        train_split = DeviceSplit(eng, dataset.train_images, dataset.train_labels, dataset.num_classes)
+        model = TwoLayerMLP(in_features, config.hidden, dataset.num_classes, seed=config.seed)
+        run = _Run(
+            eng=eng, config=config, model=model, opt=SGD(model, config.lr, config.momentum, config.weight_decay, config.nesterov),
+            train_split=train_split, test_split=DeviceSplit(eng, dataset.test_images, dataset.test_labels, dataset.num_classes),
+            dataset_id=ckpt.dataset_identity(dataset), steps=math.ceil(len(train_split) / config.batch_size),
+            metrics_path=metrics_path, checkpoint_dir=checkpoint_dir, progress=progress, log=log, log_every=log_every,
+            graphs=StepGraphs(eng, log) if graphs is not False and eng.is_device else None,
         )
+        done, history = _start(run, resume)
+        if done >= config.epochs:
+            if resume:
+                log(f"nothing to do: the checkpoint has {done} epoch(s) and --epochs is {config.epochs}")
+            return []
+        with _open_tensorboard(tensorboard, config, run.dataset_id, eng, done, run.steps) as run.tb:
+            return _epochs(run, done, history)
 
 
-def _epochs(model, opt, eng, config, train_split, test_split, dataset_id, history, done, steps,
-            metrics_path, checkpoint_dir, progress, log, log_every, tb, graphs) -> list[dict]:
-    """Epochs ``done + 1 .. config.epochs``: train, evaluate, checkpoint, log."""
+def _start(run: _Run, resume: bool) -> tuple[int, list]:
+    """A fresh start, or the state of the checkpoint: (epochs done, their metrics records)."""
+    if not resume:
+        if run.metrics_path is not None:
+            open(run.metrics_path, "w").close()  # a fresh run starts a fresh metrics file
+        return 0, []
+    params, velocity, meta = ckpt.load(run.checkpoint_dir)
+    _check_resumable(meta, run.model, run.dataset_id, run.config, run.checkpoint_dir, run.log)
+    run.model.load_state_dict(params)
+    run.opt.load_state_dict(velocity)
+    run.log(f"resumed from {ckpt.path_in(run.checkpoint_dir)} after epoch {meta['epochs_done']}")
+    if run.metrics_path is not None:
+        _restore_metrics(run.metrics_path, meta["history"])  # drops epochs a killed run logged past its checkpoint
+    return meta["epochs_done"], meta["history"]
+
+
+def _epochs(run: _Run, done: int, history: list) -> list[dict]:
+    """Epochs ``done + 1 .. epochs``: train, evaluate, checkpoint, log."""
     records = []
-    n, bs = len(train_split), config.batch_size
     # The device keeps the running loss sums and the first non-finite step (model.stats); the
     # host reads them every log_every steps and at each epoch's end, never per step.
-    seen = last = model.stats.read()  # at the last step record / at the last epoch's end
-    for epoch in range(done + 1, config.epochs + 1):
-        x_all, y_all = train_split.shuffled(config.seed, epoch)
-        bar = Progress(steps, f"epoch {epoch}/{config.epochs}", enabled=progress)
-        eng.synchronize()
+    seen = last = run.model.stats.read()  # at the last step record, and at the last epoch's end
+    for epoch in range(done + 1, run.config.epochs + 1):
+        bar = Progress(run.steps, f"epoch {epoch}/{run.config.epochs}", enabled=run.progress)
+        run.eng.synchronize()
         start = time.perf_counter()
-        for step in range(steps):
-            lo = step * bs
-            xb, yb = x_all[lo : lo + bs], y_all[lo : lo + bs]  # labels checked once, in DeviceSplit
-
-            def one_step(xb=xb, yb=yb):  # six launches
-                model.loss_and_grads(xb, yb)
-                opt.step()
-
-            if graphs is None or epoch == done + 1:
-                one_step()  # eager (the run's first epoch always: it compiles and allocates)
-            else:
-                graphs.run(step, one_step)  # step k's recorded graph: the same slice every epoch
-            bar.update(1)
-            global_step = (epoch - 1) * steps + step + 1
-            if global_step % log_every and step < steps - 1:
-                continue  # no look at the device this step: the GPU runs ahead
-            now = model.stats.read()  # the one host synchronisation every log_every steps
-            _stop_if_diverged(now, done, steps, config)
-            if global_step % log_every == 0:
-                running = (now["mean_sum"] - seen["mean_sum"]) / (now["steps"] - seen["steps"])
-                if metrics_path is not None:
-                    _append_metrics(metrics_path, {"epoch": epoch, "step": global_step, "train_loss": running}, durable=False)
-                if tb is not None:
-                    tb.step(global_step, running)
-                if not progress:
-                    log(f"epoch {epoch}/{config.epochs} step {global_step}: train loss {running:.4f}")
-                bar.update(0, f"loss {running:.4f}  {_rate((lo + bs) / max(time.perf_counter() - start, 1e-9))} samples/s")
-                seen = now
-        loss_sum, last = now["loss_sum"] - last["loss_sum"], now  # the sum of this epoch's row losses
-        eng.synchronize()
+        now, seen = _train_epoch(run, epoch, done, bar, start, seen)
+        run.eng.synchronize()
         seconds = time.perf_counter() - start
-        # Every step's loss was finite, but the last update can still blow the weights up (one
-        # huge step): then nothing of this epoch may be saved or reported as a result.
-        test_loss, test_acc = model.evaluate(test_split.x, test_split.y)
-        if not (math.isfinite(test_loss) and _finite_params(model)):
-            bar.close()
-            raise TrainingError(
-                f"the weights became non-finite at epoch {epoch}, step {steps} (its last update; the test loss is {test_loss}); "
-                f"training stopped and nothing of this epoch was saved: try a lower learning rate (--lr, now {config.lr:g})"
-            )
-        record = _epoch_record(epoch, loss_sum, n, test_loss, test_acc, seconds)
-        summary = (
-            f"train loss {record['train_loss']:.4f}  test loss {test_loss:.4f}  test acc {test_acc:.4f}  "
-            f"{_rate(record['samples_per_s'])} samples/s"
-        )
-        bar.close(summary)
-        if not progress:  # no bar, but a log still gets one line per epoch
-            log(f"epoch {epoch}/{config.epochs}: {summary}")
+        loss_sum, last = now["loss_sum"] - last["loss_sum"], now  # the sum of this epoch's row losses
+        record = _evaluate(run, epoch, loss_sum, seconds, bar)
         records.append(record)
         history = history + [record]
-        # The checkpoint first, then the metrics line: a kill between the two leaves a metrics
-        # file one epoch behind, which the next --resume restores from the checkpoint's history.
-        if checkpoint_dir is not None:
-            ckpt.save(
-                checkpoint_dir,
-                params=model.state_dict(),
-                velocity=opt.state_dict(),
-                meta={
-                    "epochs_done": epoch, "architecture": model.architecture, "config": asdict(config),
-                    "dataset": dataset_id, "engine": eng.name, "history": history,
-                },
-            )
-        if metrics_path is not None:
-            _append_metrics(metrics_path, record)
-        if tb is not None:
-            tb.epoch(epoch, epoch * steps, record)
+        _save_epoch(run, epoch, record, history)
     return records
+
+
+def _train_epoch(run: _Run, epoch: int, done: int, bar, start: float, seen: dict) -> tuple[dict, dict]:
+    """One epoch of steps. ``seen``: the device's sums at the last step record (a record's window
+    of log_every steps may start in the epoch before). Returns the sums read at the epoch's end,
+    and those of its last step record."""
+    config, model, opt, steps = run.config, run.model, run.opt, run.steps
+    bs = config.batch_size
+    x_all, y_all = run.train_split.shuffled(config.seed, epoch)
+    for step in range(steps):
+        lo = step * bs
+        xb, yb = x_all[lo : lo + bs], y_all[lo : lo + bs]  # labels checked once, in DeviceSplit
+
+        def one_step(xb=xb, yb=yb):  # six launches
+            model.loss_and_grads(xb, yb)
+            opt.step()
+
+        if run.graphs is None or epoch == done + 1:
+            one_step()  # eager (the run's first epoch always: it compiles and allocates)
+        else:
+            run.graphs.run(step, one_step)  # step k's recorded graph: the same slice every epoch
+        bar.update(1)
+        global_step = (epoch - 1) * steps + step + 1
+        if global_step % run.log_every and step < steps - 1:
+            continue  # no look at the device this step: the GPU runs ahead
+        now = model.stats.read()  # the one host synchronisation every log_every steps
+        _stop_if_diverged(now, done, steps, config)
+        if global_step % run.log_every == 0:
+            running = (now["mean_sum"] - seen["mean_sum"]) / (now["steps"] - seen["steps"])
+            _log_step(run, epoch, global_step, running)
+            bar.update(0, f"loss {running:.4f}  {_rate((lo + bs) / max(time.perf_counter() - start, 1e-9))} samples/s")
+            seen = now
+    return now, seen
+
+
+def _log_step(run: _Run, epoch: int, global_step: int, running: float) -> None:
+    """A step record: the mean loss of the last log_every steps, to every log the run keeps."""
+    if run.metrics_path is not None:
+        _append_metrics(run.metrics_path, {"epoch": epoch, "step": global_step, "train_loss": running}, durable=False)
+    if run.tb is not None:
+        run.tb.step(global_step, running)
+    if not run.progress:
+        run.log(f"epoch {epoch}/{run.config.epochs} step {global_step}: train loss {running:.4f}")
+
+
+def _evaluate(run: _Run, epoch: int, loss_sum: float, seconds: float, bar) -> dict:
+    """Test loss and accuracy after an epoch, refusing weights that blew up; the epoch's record."""
+    # Every step's loss was finite, but the last update can still blow the weights up (one
+    # huge step): then nothing of this epoch may be saved or reported as a result.
+    test_loss, test_acc = run.model.evaluate(run.test_split.x, run.test_split.y)
+    if not (math.isfinite(test_loss) and _finite_params(run.model)):
+        bar.close()
+        raise TrainingError(
+            f"the weights became non-finite at epoch {epoch}, step {run.steps} (its last update; the test loss is {test_loss}); "
+            f"training stopped and nothing of this epoch was saved: try a lower learning rate (--lr, now {run.config.lr:g})"
+        )
+    record = _epoch_record(epoch, loss_sum, len(run.train_split), test_loss, test_acc, seconds)
+    summary = (
+        f"train loss {record['train_loss']:.4f}  test loss {test_loss:.4f}  test acc {test_acc:.4f}  "
+        f"{_rate(record['samples_per_s'])} samples/s"
+    )
+    bar.close(summary)
+    if not run.progress:  # no bar, but a log still gets one line per epoch
+        run.log(f"epoch {epoch}/{run.config.epochs}: {summary}")
+    return record
+
+
+def _save_epoch(run: _Run, epoch: int, record: dict, history: list) -> None:
+    # The checkpoint first, then the metrics line: a kill between the two leaves a metrics
+    # file one epoch behind, which the next --resume restores from the checkpoint's history.
+    if run.checkpoint_dir is not None:
+        ckpt.save(
+            run.checkpoint_dir,
+            params=run.model.state_dict(),
+            velocity=run.opt.state_dict(),
+            meta={
+                "epochs_done": epoch, "architecture": run.model.architecture, "config": asdict(run.config),
+                "dataset": run.dataset_id, "engine": run.eng.name, "history": history,
+            },
+        )
+    if run.metrics_path is not None:
+        _append_metrics(run.metrics_path, record)
+    if run.tb is not None:
+        run.tb.epoch(epoch, epoch * run.steps, record)

@@ -99,3 +99,18 @@ def test_tensorboard_without_the_extra_is_one_line(capsys, tmp_path, monkeypatch
 def test_log_every_must_be_positive(capsys):
     code, _, err = run(capsys, "train", "--log-every", "0")
     assert code == 2 and "--log-every" in err
+
+
+def test_a_step_record_window_may_span_an_epoch_boundary(capsys, tmp_path, cifar_dir):
+    """--log-every 5 with 7 steps an epoch: the record at step 10 averages steps 6..10, two of
+    them from epoch 1; checked against the step losses of a --log-every 1 run of the same seed."""
+    common = ["train", "--data-dir", str(cifar_dir), "--batch-size", "16", "--hidden", "8", "--epochs", "2", "--no-progress"]
+    every = {}
+    for n in (1, 5):
+        metrics = tmp_path / f"m{n}.jsonl"
+        assert run(capsys, *common, "--log-every", str(n), "--metrics", str(metrics))[0] == 0
+        every[n] = {r["step"]: r["train_loss"] for r in _lines(metrics) if "step" in r}
+    assert sorted(every[5]) == [5, 10]
+    for step in (5, 10):
+        window = [every[1][s] for s in range(step - 4, step + 1)]
+        assert every[5][step] == pytest.approx(sum(window) / 5, rel=1e-9)
