@@ -1,7 +1,8 @@
 """What ``bench/kernels.py`` measures: the problems (an op at a shape) and how to run and check each.
 
 A *problem* is one op at one shape, e.g. ``matmul 128x128x784``. Each op has a spec here that
-knows how to draw random inputs for a problem, compute a float64 NumPy reference, call the op
+knows how to draw random inputs for a problem, compute its float64 reference (from
+``rawgpu/reference.py``, the one the tests use too), call the op
 through an op interface (``rawgpu.ops``, or :class:`BackendOps` below), and count the work: the
 floating-point operations and the fewest bytes the op must move (each input read once, each
 output written once), which turn a time into GFLOP/s and GB/s.
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from rawgpu import reference
 
 LR, MOMENTUM = 0.01, 0.9  # the SGD step that sgd_momentum_ is checked and timed with
 
@@ -79,7 +82,7 @@ class Matmul(Spec):
 
     def reference(self, x, dims):
         _, _, _, ta, tb = dims
-        return {"out": _op(x["a"], ta) @ _op(x["b"], tb)}
+        return {"out": reference.matmul(x["a"], x["b"], trans_a=ta, trans_b=tb)}
 
     def call(self, api, a, out, dims, variant=None):
         _, _, _, ta, tb = dims
@@ -89,11 +92,6 @@ class Matmul(Spec):
     def work(self, dims):
         m, n, k, _, _ = dims
         return 2 * m * n * k, 4 * (m * k + k * n + m * n)
-
-
-def _op(x, trans):
-    x = np.asarray(x, dtype=np.float64)
-    return x.T if trans else x
 
 
 class BiasAct(Spec):
@@ -109,8 +107,7 @@ class BiasAct(Spec):
         return {"out": dims}
 
     def reference(self, x, dims):
-        out = x["x"].astype(np.float64) + x["bias"]
-        return {"out": np.maximum(out, 0) if self.relu else out}
+        return {"out": (reference.bias_relu if self.relu else reference.bias_add)(x["x"], x["bias"])}
 
     def call(self, api, a, out, dims, variant=None):
         (api.bias_relu if self.relu else api.bias_add)(a["x"], a["bias"], out=out["out"])
@@ -129,7 +126,7 @@ class ReluBackward(Spec):
         return {"out": dims}
 
     def reference(self, x, dims):
-        return {"out": x["grad"].astype(np.float64) * (x["act"] > 0)}
+        return {"out": reference.relu_backward(x["grad"], x["act"])}
 
     def call(self, api, a, out, dims, variant=None):
         api.relu_backward(a["grad"], a["act"], out=out["out"])
@@ -148,7 +145,7 @@ class ColSum(Spec):
         return {"out": dims[1:]}
 
     def reference(self, x, dims):
-        return {"out": x["x"].astype(np.float64).sum(axis=0)}
+        return {"out": reference.col_sum(x["x"])}
 
     def call(self, api, a, out, dims, variant=None):
         api.col_sum(a["x"], out=out["out"])
@@ -171,14 +168,8 @@ class SoftmaxCE(Spec):
         return {"grad": dims}
 
     def reference(self, x, dims):
-        z = x["logits"].astype(np.float64)
-        rows = np.arange(z.shape[0])
-        shifted = z - z.max(axis=1, keepdims=True)
-        p = np.exp(shifted)
-        p /= p.sum(axis=1, keepdims=True)
-        loss = -np.log(p[rows, x["labels"]]).mean()
-        p[rows, x["labels"]] -= 1.0
-        return {"grad": p / z.shape[0], "loss": np.float64(loss)}
+        loss, grad = reference.softmax_cross_entropy(x["logits"], x["labels"])
+        return {"grad": grad, "loss": np.float64(loss)}
 
     def call(self, api, a, out, dims, variant=None):
         loss, _ = api.softmax_cross_entropy(a["logits"], a["labels"], grad_out=out["grad"])
@@ -197,8 +188,8 @@ class SgdMomentum(Spec):
         return {"param": _normal(rng, dims), "grad": _normal(rng, dims), "velocity": _normal(rng, dims)}
 
     def reference(self, x, dims):
-        v = MOMENTUM * x["velocity"].astype(np.float64) + x["grad"]
-        return {"param": x["param"] - LR * v, "velocity": v}
+        param, velocity = reference.sgd_momentum(x["param"], x["grad"], x["velocity"], lr=LR, momentum=MOMENTUM)
+        return {"param": param, "velocity": velocity}
 
     def call(self, api, a, out, dims, variant=None):
         api.sgd_momentum_(a["param"], a["grad"], a["velocity"], lr=LR, momentum=MOMENTUM)
@@ -218,7 +209,7 @@ class CorrectCount(Spec):
         return {"logits": logits, "labels": labels}
 
     def reference(self, x, dims):
-        return {"count": np.int64(np.count_nonzero(np.argmax(x["logits"], axis=1) == x["labels"]))}
+        return {"count": np.int64(reference.correct_count(x["logits"], x["labels"]))}
 
     def call(self, api, a, out, dims, variant=None):
         return {"count": api.correct_count(a["logits"], a["labels"])}

@@ -1,4 +1,4 @@
-"""The matmul ladder (kernels/matmul/, every rung), launched directly, against a float64 NumPy reference.
+"""The matmul ladder (kernels/matmul/, every rung), launched directly, against rawgpu/reference.py (float64).
 
 Simulator lane (``sim``): tiny tiles and tiny odd shapes, because the simulator runs one OS
 thread per CUDA thread. GPU lane (``gpu``): the default configs at large odd shapes. Every run
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import assert_close, poisoned
 
+from rawgpu import reference
 from rawgpu.kernels import matmul as mm
 
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
@@ -28,8 +29,7 @@ def operands(rng, m, n, k, trans_a, trans_b):
     """Random a, b in their stored layouts, and the float64 reference op(a) @ op(b)."""
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
-    ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
-    return a, b, ref
+    return a, b, reference.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
 
 
 def run(lane, a, b, m, n, **kwargs):

@@ -3,7 +3,8 @@
 tests/test_ops.py checks the ops on every engine with the launch settings the engines use. Here
 the launch itself is under test: grids too small for the array (so grid-stride loops take
 several passes), thread counts smaller and larger than a row, rows beyond the grid, bad launch
-settings, and exact repeatability. Outputs are poisoned with NaN; references are float64.
+settings, and exact repeatability. Outputs are poisoned with NaN; the expected values come from
+rawgpu/reference.py (float64).
 """
 
 import math
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from helpers import assert_close, poisoned
 
+from rawgpu import reference
 from rawgpu.kernels import elementwise, loss, optimizer, reductions
 
 # (rows, cols): one element, a single row and column, and odd shapes bigger than the tiny grids.
@@ -23,17 +25,6 @@ def rand(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def softmax_ce_reference(logits, labels):
-    """float64 mean loss and its gradient w.r.t. the logits."""
-    z = logits.astype(np.float64)
-    rows = np.arange(len(z))
-    m = z.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
-    p = np.exp(z - lse[:, None])
-    p[rows, labels] -= 1.0
-    return (lse - z[rows, labels]).mean(), p / len(z)
-
-
 # --- element-wise ------------------------------------------------------------------------------
 
 
@@ -42,11 +33,10 @@ def softmax_ce_reference(logits, labels):
 @pytest.mark.parametrize("max_blocks", [1, 2, None])
 def test_elementwise_grid_stride(lane, rng, shape, max_blocks):
     x, bias, act = rand(rng, *shape), rand(rng, shape[1]), np.maximum(rand(rng, *shape), 0)
-    ref_h = x.astype(np.float64) + bias
     cases = [
-        (elementwise.bias_add, (x, bias), ref_h),
-        (elementwise.bias_relu, (x, bias), np.maximum(ref_h, 0)),
-        (elementwise.relu_backward, (x, act), np.where(act > 0, x.astype(np.float64), 0)),
+        (elementwise.bias_add, (x, bias), reference.bias_add(x, bias)),
+        (elementwise.bias_relu, (x, bias), reference.bias_relu(x, bias)),
+        (elementwise.relu_backward, (x, act), reference.relu_backward(x, act)),
     ]
     for launch, args, ref in cases:
         out = lane.to_device(poisoned(shape))
@@ -59,7 +49,7 @@ def test_relu_backward_in_place(lane, rng):
     grad, act = rand(rng, 5, 6), np.maximum(rand(rng, 5, 6), 0)
     d_grad = lane.to_device(grad)
     elementwise.relu_backward(d_grad, lane.to_device(act), d_grad, threads=8, max_blocks=1)
-    assert_close(lane.to_host(d_grad), np.where(act > 0, grad.astype(np.float64), 0))
+    assert_close(lane.to_host(d_grad), reference.relu_backward(grad, act))
 
 
 # --- reductions --------------------------------------------------------------------------------
@@ -72,7 +62,7 @@ def test_col_sum(lane, rng, shape, threads):
     x = rand(rng, *shape)
     out = lane.to_device(poisoned(shape[1]))
     reductions.col_sum(lane.to_device(x), out, threads_x=threads[0], threads_y=threads[1])
-    assert_close(lane.to_host(out), x.astype(np.float64).sum(axis=0))
+    assert_close(lane.to_host(out), reference.col_sum(x))
 
 
 @pytest.mark.sim
@@ -83,7 +73,7 @@ def test_correct_count_accumulates_over_blocks(lane, rng, max_blocks):
     labels[:10] = logits[:10].argmax(axis=1)  # at least ten hits
     count = lane.to_device(np.zeros(1, np.int32))
     reductions.correct_count(lane.to_device(logits), lane.to_device(labels), count, threads=4, max_blocks=max_blocks)
-    assert int(lane.to_host(count)[0]) == int((logits.argmax(axis=1) == labels).sum())
+    assert int(lane.to_host(count)[0]) == reference.correct_count(logits, labels)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +113,7 @@ def test_softmax_ce_any_threads_per_row(lane, rng, shape, threads):
     logits = rand(rng, *shape)
     labels = rng.integers(0, shape[1], shape[0]).astype(np.int32)
     got_loss, got_grad = run_softmax_ce(lane, logits, labels, threads)
-    ref_loss, ref_grad = softmax_ce_reference(logits, labels)
+    ref_loss, ref_grad = reference.softmax_cross_entropy(logits, labels)
     assert abs(got_loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
     assert_close(got_grad, ref_grad)
 
@@ -134,7 +124,7 @@ def test_softmax_ce_rows_beyond_the_grid(lane, rng, monkeypatch):
     logits = rand(rng, 5, 4)
     labels = rng.integers(0, 4, 5).astype(np.int32)
     got_loss, got_grad = run_softmax_ce(lane, logits, labels, threads=4)
-    ref_loss, ref_grad = softmax_ce_reference(logits, labels)
+    ref_loss, ref_grad = reference.softmax_cross_entropy(logits, labels)
     assert abs(got_loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
     assert_close(got_grad, ref_grad)
 
@@ -155,7 +145,7 @@ def test_softmax_ce_label_out_of_range_is_nan_not_a_stray_read(lane, rng):
     got_loss, got_grad = run_softmax_ce(lane, logits, labels, threads=4)
     assert math.isnan(got_loss)
     assert np.isnan(got_grad[1]).all()
-    _, ref_grad = softmax_ce_reference(logits[[0, 2]], labels[[0, 2]])
+    _, ref_grad = reference.softmax_cross_entropy(logits[[0, 2]], labels[[0, 2]])
     assert_close(got_grad[[0, 2]] * 3 / 2, ref_grad)  # the other rows are still right (scaled by 1/3, not 1/2)
 
 
@@ -174,15 +164,13 @@ def test_softmax_ce_zero_rows_is_refused():
 def test_sgd_momentum_steps(lane, rng, shape, nesterov):
     lr, mu, wd = 0.05, 0.9, 0.01
     param, vel = rand(rng, *shape), rand(rng, *shape)
-    p_ref, v_ref = param.astype(np.float64), vel.astype(np.float64)
+    p_ref, v_ref = param, vel
     d_param, d_vel = lane.to_device(param), lane.to_device(vel)
     for _ in range(3):
         grad = rand(rng, *shape)
         d_grad = lane.to_device(grad)
         optimizer.sgd_momentum(d_param, d_grad, d_vel, lr, mu, wd, nesterov, threads=4, max_blocks=1)
-        g = grad + wd * p_ref
-        v_ref = mu * v_ref + g
-        p_ref = p_ref - lr * ((g + mu * v_ref) if nesterov else v_ref)
+        p_ref, v_ref = reference.sgd_momentum(p_ref, grad, v_ref, lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov)
         assert np.array_equal(lane.to_host(d_grad), grad), "the gradient must be left alone"
     assert_close(lane.to_host(d_param), p_ref)
     assert_close(lane.to_host(d_vel), v_ref)
@@ -196,16 +184,16 @@ def test_gpu_large_shapes(lane, rng):
     x, bias = rand(rng, 4099, 1031), rand(rng, 1031)
     out = lane.to_device(poisoned(x.shape))
     elementwise.bias_relu(lane.to_device(x), lane.to_device(bias), out)
-    assert_close(lane.to_host(out), np.maximum(x.astype(np.float64) + bias, 0))
+    assert_close(lane.to_host(out), reference.bias_relu(x, bias))
     col = lane.to_device(poisoned(1031))
     reductions.col_sum(lane.to_device(x), col)
-    assert_close(lane.to_host(col), x.astype(np.float64).sum(axis=0))
+    assert_close(lane.to_host(col), reference.col_sum(x))
     logits = rand(rng, 70001, 10) * 50  # more rows than one grid of row blocks
     labels = rng.integers(0, 10, 70001).astype(np.int32)
     got_loss, got_grad = run_softmax_ce(lane, logits, labels, threads=16)
-    ref_loss, ref_grad = softmax_ce_reference(logits, labels)
+    ref_loss, ref_grad = reference.softmax_cross_entropy(logits, labels)
     assert abs(got_loss - ref_loss) <= 1e-5 * abs(ref_loss)
     assert_close(got_grad, ref_grad)
     count = lane.to_device(np.zeros(1, np.int32))
     reductions.correct_count(lane.to_device(logits), lane.to_device(labels), count)
-    assert int(lane.to_host(count)[0]) == int((logits.argmax(axis=1) == labels).sum())
+    assert int(lane.to_host(count)[0]) == reference.correct_count(logits, labels)

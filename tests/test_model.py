@@ -1,8 +1,9 @@
 """The network's hand-derived backward pass, its optimizer, and the engines' agreement.
 
-The gradients are checked two ways: against central finite differences of a float64 NumPy
-re-implementation of the loss, and against PyTorch autograd on the same weights. The optimizer
-is checked against torch.optim.SGD, and the engines against each other, step by step.
+The gradients are checked two ways: against central finite differences of the float64 loss of
+rawgpu/reference.py, and against PyTorch autograd on the same weights. The optimizer is checked
+against torch.optim.SGD (a 25-step trajectory on every engine), and the engines against each
+other, step by step.
 """
 
 import numpy as np
@@ -11,6 +12,7 @@ from conftest import KERNEL_ENGINE
 from helpers import assert_close
 
 import rawgpu
+from rawgpu import reference
 from rawgpu.model import PARAM_NAMES
 
 
@@ -28,12 +30,14 @@ def batch(rng, rows, features, classes):
 
 
 def loss64(params, x, y):
-    """The same network in float64 NumPy: the reference the derivation must agree with."""
-    a = np.maximum(x @ params["W1"] + params["b1"], 0)
-    z = a @ params["W2"] + params["b2"]
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -logp[np.arange(len(y)), y].mean()
+    """The network's float64 loss (rawgpu/reference.py): what the finite differences are taken of."""
+    return reference.mlp_loss_and_grads(x, y, params)[0]
+
+
+def torch_loss(torch, t, x, y):
+    """The same network in PyTorch (float64), on the parameters ``t``: the autograd oracle."""
+    z = torch.relu(torch.tensor(x, dtype=torch.float64) @ t["W1"] + t["b1"]) @ t["W2"] + t["b2"]
+    return torch.nn.functional.cross_entropy(z, torch.tensor(y, dtype=torch.long))
 
 
 def test_init_is_pytorch_linear_default_and_seeded():
@@ -57,16 +61,16 @@ def test_gradients_match_central_finite_differences(rng):
     x, y = batch(rng, 5, 7, 4)
     loss = m.loss_and_grads(x, y)
     params = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
-    assert abs(loss - loss64(params, x.astype(np.float64), y)) < 1e-5
+    assert abs(loss - loss64(params, x, y)) < 1e-5
     eps = 1e-6
     for name in PARAM_NAMES:
         numeric = np.zeros_like(params[name])
         for idx in np.ndindex(params[name].shape):
             saved = params[name][idx]
             params[name][idx] = saved + eps
-            up = loss64(params, x.astype(np.float64), y)
+            up = loss64(params, x, y)
             params[name][idx] = saved - eps
-            down = loss64(params, x.astype(np.float64), y)
+            down = loss64(params, x, y)
             params[name][idx] = saved
             numeric[idx] = (up - down) / (2 * eps)
         # float32 analytic gradient against a float64 numeric one
@@ -79,8 +83,7 @@ def test_gradients_match_pytorch_autograd(rng):
     x, y = batch(rng, 9, 30, 5)
     loss = m.loss_and_grads(x, y)
     t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in m.state_dict().items()}
-    z = torch.relu(torch.tensor(x, dtype=torch.float64) @ t["W1"] + t["b1"]) @ t["W2"] + t["b2"]
-    ref = torch.nn.functional.cross_entropy(z, torch.tensor(y, dtype=torch.long))
+    ref = torch_loss(torch, t, x, y)
     ref.backward()
     assert abs(loss - ref.item()) <= 1e-5 * abs(ref.item())
     for name in PARAM_NAMES:
@@ -99,12 +102,39 @@ def test_training_matches_torch_optim_sgd(rng, nesterov, weight_decay):
         m.loss_and_grads(x, y)
         opt.step()
         topt.zero_grad()
-        z = torch.relu(torch.tensor(x, dtype=torch.float64) @ t["W1"] + t["b1"]) @ t["W2"] + t["b2"]
-        torch.nn.functional.cross_entropy(z, torch.tensor(y, dtype=torch.long)).backward()
+        torch_loss(torch, t, x, y).backward()
         topt.step()
     state = m.state_dict()
     for name in PARAM_NAMES:
         assert_close(state[name], t[name].detach().numpy(), tol=1e-5, what=name)
+
+
+@pytest.mark.parametrize("engine_name", ["numpy", KERNEL_ENGINE])
+def test_25_step_trajectory_matches_torch_optim_sgd(rng, engine_name):
+    """25 steps of SGD with momentum, a fresh batch each step: rawgpu in float32 on this engine
+    and torch.optim.SGD in float64, from the same initial weights, agree on every step's loss and
+    on the final weights. Tiny shapes (one tile per matmul in the simulator, where every launch
+    costs about 0.1 s however small it is)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is the optimizer oracle; pip install torch")
+    eng = rawgpu.use(engine_name)
+    m = rawgpu.TwoLayerMLP(4, 4, 3, seed=11)
+    opt = rawgpu.SGD(m, lr=0.1, momentum=0.9)
+    t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in m.state_dict().items()}
+    topt = torch.optim.SGD(list(t.values()), lr=0.1, momentum=0.9)
+    losses, ref_losses = [], []
+    for _ in range(25):
+        x, y = batch(rng, 2, 4, 3)
+        losses.append(float(m.loss_and_grads(eng.asarray(x), eng.asarray(y))))  # read now: the buffer is reused
+        opt.step()
+        topt.zero_grad()
+        ref = torch_loss(torch, t, x, y)
+        ref.backward()
+        topt.step()
+        ref_losses.append(ref.item())
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    state = m.state_dict()
+    for name in PARAM_NAMES:
+        assert_close(state[name], t[name].detach().numpy(), tol=1e-5, what=f"{name} after 25 steps")
 
 
 def test_engines_agree_step_by_step(rng):
@@ -129,12 +159,12 @@ def test_engines_agree_step_by_step(rng):
 def test_forward_matches_reference_and_evaluate(rng):
     m = rawgpu.TwoLayerMLP(8, 6, 3, seed=0)
     x, y = batch(rng, 10, 8, 3)
-    p = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
-    ref = np.maximum(x @ p["W1"] + p["b1"], 0) @ p["W2"] + p["b2"]
+    p = m.state_dict()
+    ref, ref_loss, _ = reference.linear_softmax_ce(reference.linear_relu(x, p["W1"], p["b1"]), p["W2"], p["b2"], y)
     assert_close(m.forward(x), ref)
     loss, acc = m.evaluate(x, y, batch_size=3)
-    assert abs(loss - loss64(p, x.astype(np.float64), y)) < 1e-5
-    assert acc == np.mean(ref.argmax(axis=1) == y)
+    assert abs(loss - ref_loss) < 1e-5
+    assert acc == reference.correct_count(ref, y) / len(y)
 
 
 def test_state_dict_round_trip_and_shape_check():

@@ -1,4 +1,4 @@
-"""rawgpu.ops on every engine against float64 NumPy references.
+"""rawgpu.ops on every engine against the float64 references of rawgpu/reference.py.
 
 Each test runs on the NumPy engine and on this process's kernel engine (the simulator without a
 GPU, at small odd shapes; the real GPU where there is one, at large odd shapes). Outputs are
@@ -11,7 +11,7 @@ from conftest import KERNEL_ENGINE
 from helpers import assert_close, poisoned
 
 import rawgpu
-from rawgpu import ops
+from rawgpu import ops, reference
 
 ON_GPU = KERNEL_ENGINE == "cuda"
 # (M, N, K): 1x1x1, and shapes that are not multiples of any tile (the sim engine uses 4x4 tiles
@@ -53,31 +53,30 @@ def test_matmul_matches_float64(eng, rng, variant, trans_a, trans_b, shape):
     out = nan_out(eng, (m, n))
     got = ops.matmul(put(eng, a), put(eng, b), trans_a=trans_a, trans_b=trans_b, out=out, variant=variant)
     assert got is out
-    ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    ref = reference.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
     assert_close(eng.to_host(got), ref, what=f"{variant} matmul")
 
 
 def test_matmul_allocates_when_no_out(eng, rng):
     a, b = rand(rng, 3, 5), rand(rng, 5, 2)
     got = ops.matmul(put(eng, a), put(eng, b))
-    assert_close(eng.to_host(got), a.astype(np.float64) @ b)
+    assert_close(eng.to_host(got), reference.matmul(a, b))
 
 
 @pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
 def test_bias_relu_and_bias_add(eng, rng, shape):
     x, bias = rand(rng, *shape), rand(rng, shape[1])
-    ref = x.astype(np.float64) + bias
     got = ops.bias_add(put(eng, x), put(eng, bias), out=nan_out(eng, shape))
-    assert_close(eng.to_host(got), ref)
+    assert_close(eng.to_host(got), reference.bias_add(x, bias))
     got = ops.bias_relu(put(eng, x), put(eng, bias), out=nan_out(eng, shape))
-    assert_close(eng.to_host(got), np.maximum(ref, 0))
+    assert_close(eng.to_host(got), reference.bias_relu(x, bias))
 
 
 def test_bias_relu_in_place(eng, rng):
     x, bias = rand(rng, 7, 5), rand(rng, 5)
     dx = put(eng, x)
     ops.bias_relu(dx, put(eng, bias), out=dx)
-    assert_close(eng.to_host(dx), np.maximum(x.astype(np.float64) + bias, 0))
+    assert_close(eng.to_host(dx), reference.bias_relu(x, bias))
 
 
 @pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
@@ -85,25 +84,14 @@ def test_relu_backward(eng, rng, shape):
     grad = rand(rng, *shape)
     act = np.maximum(rand(rng, *shape), 0)  # a ReLU output: about half exact zeros
     got = ops.relu_backward(put(eng, grad), put(eng, act), out=nan_out(eng, shape))
-    assert_close(eng.to_host(got), np.where(act > 0, grad.astype(np.float64), 0.0))
+    assert_close(eng.to_host(got), reference.relu_backward(grad, act))
 
 
 @pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
 def test_col_sum(eng, rng, shape):
     x = rand(rng, *shape)
     got = ops.col_sum(put(eng, x), out=nan_out(eng, (shape[1],)))
-    assert_close(eng.to_host(got), x.astype(np.float64).sum(axis=0))
-
-
-def _softmax_ce_ref(z, y):
-    z = z.astype(np.float64)
-    shifted = z - z.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    rows = np.arange(len(y))
-    loss = -logp[rows, y].mean()
-    grad = np.exp(logp)
-    grad[rows, y] -= 1.0
-    return loss, grad / len(y)
+    assert_close(eng.to_host(got), reference.col_sum(x))
 
 
 @pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
@@ -112,7 +100,7 @@ def test_softmax_cross_entropy(eng, rng, shape):
     z = rand(rng, rows, classes) * 3
     y = rng.integers(0, classes, rows).astype(np.int32)
     loss, grad = ops.softmax_cross_entropy(put(eng, z), put(eng, y), grad_out=nan_out(eng, shape))
-    ref_loss, ref_grad = _softmax_ce_ref(z, y)
+    ref_loss, ref_grad = reference.softmax_cross_entropy(z, y)
     assert np.ndim(eng.to_host(loss)) == 0
     assert abs(float(loss) - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
     assert_close(eng.to_host(grad), ref_grad, what="softmax-CE gradient")
@@ -122,7 +110,7 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits(eng, rng):
     z = (rng.choice([-1e4, 1e4], size=(6, 5)) + rng.standard_normal((6, 5))).astype(np.float32)
     y = rng.integers(0, 5, 6).astype(np.int32)
     loss, grad = ops.softmax_cross_entropy(put(eng, z), put(eng, y))
-    ref_loss, ref_grad = _softmax_ce_ref(z, y)
+    ref_loss, ref_grad = reference.softmax_cross_entropy(z, y)
     assert np.isfinite(float(loss)) and np.all(np.isfinite(eng.to_host(grad)))
     assert abs(float(loss) - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
     assert_close(eng.to_host(grad), ref_grad)
@@ -134,25 +122,23 @@ def test_sgd_momentum_three_steps(eng, rng, nesterov, weight_decay):
     shape = (13, 7) if not ON_GPU else (1000, 1001)
     p, v = rand(rng, *shape), np.zeros(shape, np.float32)
     dp, dv = put(eng, p), put(eng, v)
-    ref_p, ref_v = p.astype(np.float64), v.astype(np.float64)
+    ref_p, ref_v = p, v
     lr, mu = 0.05, 0.9
     for _ in range(3):
         g = rand(rng, *shape)
         dg = put(eng, g)
         ops.sgd_momentum_(dp, dg, dv, lr=lr, momentum=mu, weight_decay=weight_decay, nesterov=nesterov)
         assert_close(eng.to_host(dg), g, tol=0, what="grad (must be left alone)")
-        g64 = g + weight_decay * ref_p
-        ref_v = mu * ref_v + g64
-        ref_p = ref_p - lr * (g64 + mu * ref_v if nesterov else ref_v)
+        ref_p, ref_v = reference.sgd_momentum(ref_p, g, ref_v, lr=lr, momentum=mu, weight_decay=weight_decay, nesterov=nesterov)
     assert_close(eng.to_host(dp), ref_p, what="param")
     assert_close(eng.to_host(dv), ref_v, what="velocity")
 
 
 def test_sgd_momentum_on_a_bias_vector(eng, rng):
-    p, g = rand(rng, 11), rand(rng, 11)
-    dp, dv = put(eng, p), put(eng, np.zeros(11, np.float32))
+    p, g, v = rand(rng, 11), rand(rng, 11), np.zeros(11, np.float32)
+    dp, dv = put(eng, p), put(eng, v)
     ops.sgd_momentum_(dp, put(eng, g), dv, lr=0.1, momentum=0.9)
-    assert_close(eng.to_host(dp), p.astype(np.float64) - 0.1 * g)
+    assert_close(eng.to_host(dp), reference.sgd_momentum(p, g, v, lr=0.1, momentum=0.9)[0])
 
 
 @pytest.mark.parametrize("shape", ROWS_COLS, ids=lambda s: "x".join(map(str, s)))
@@ -161,7 +147,7 @@ def test_correct_count(eng, rng, shape):
     z = rand(rng, rows, classes)
     y = rng.integers(0, classes, rows).astype(np.int32)
     y[: rows // 2] = z[: rows // 2].argmax(axis=1)  # make about half of them right
-    assert ops.correct_count(put(eng, z), put(eng, y)) == int((z.argmax(axis=1) == y).sum())
+    assert ops.correct_count(put(eng, z), put(eng, y)) == reference.correct_count(z, y)
 
 
 def test_correct_count_ties_go_to_the_lowest_index(eng):
