@@ -258,3 +258,145 @@ def test_resources_are_stamped_beside_the_timings():
     assert results[0]["kernels"][0]["resources"]["registers"] == 62  # the NT compile, as launched
     assert "resources" not in results[0]["kernels"][1]  # no record for it: nothing invented
     assert results[1]["kernels"][0]["resources"]["registers"] == 22
+
+
+# --- bench/step.py: one training step ----------------------------------------------------------
+
+import math  # noqa: E402
+
+
+def load_step_bench():
+    """bench/step.py as a module (it imports its siblings by plain name, like kernels.py)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_step", BENCH / "step.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_step_sim_counts_six_launches_and_no_host_syncs(out):
+    path = out / "step-sim.json"
+    proc = ok(run_bench("step.py", "--sim", "--json", path))
+    assert "6 launches per step" in proc.stdout and "0 host syncs per step" in proc.stdout
+    result = json.loads(path.read_text())
+    check_environment(result)
+    assert result["bench"] == "step" and result["schema"] == 1 and result["mode"] == "sim"
+    counts = result["counts"]
+    assert counts["launches_per_step"] == 6 and counts["host_syncs_per_step"] == 0
+    assert counts["kernels"] == ["linear_relu", "linear_softmax_ce", "weight_grad", "linear_backward_relu", "weight_grad", "sgd_momentum_"]
+    assert result["floor"] is None and result["goals"] is None
+    for r in result["rows"]:
+        assert r["timing"] is None and r["us"] is None  # the simulator times nothing
+        assert r["launches_per_step"] == 6 and r["host_syncs_per_step"] == 0
+
+
+def test_step_without_gpu_is_one_line_and_exit_0(out):
+    from rawgpu.engine import probe_gpu
+
+    if probe_gpu()[0]:
+        pytest.skip("this machine has a GPU: bench/step.py times instead")
+    proc = ok(run_bench("step.py", timeout=120))
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "needs a GPU" in lines[0]
+    path = out / "step-nogpu.json"
+    proc = ok(run_bench("step.py", "--json", path, timeout=120))
+    assert len((proc.stdout + proc.stderr).strip().splitlines()) == 1
+    result = json.loads(path.read_text())
+    check_environment(result)
+    assert result["mode"] == "none" and result["rows"]
+    systems = {(r["system"], r["hidden"]) for r in result["rows"]}
+    assert {("rawgpu-eager", 4096), ("torch-compile", 128), ("floor-graph", None)} <= systems
+    assert all(r["status"] == "no GPU" and r["us"] is None and r["reason"] for r in result["rows"])
+
+
+def test_step_bad_flags_are_one_line():
+    proc = run_bench("step.py", "--mlp", "784,128,10", timeout=120)
+    assert proc.returncode == 1 and "two numbers D,C" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_bench("step.py", "--systems", "torch-tpu", timeout=120)
+    assert proc.returncode == 2 and "unknown 'torch-tpu'" in proc.stderr
+
+
+class HostEvent:
+    """A stand-in for a CUDA event: the host clock (the work below is host work)."""
+
+    def record(self):
+        import time
+
+        self.t = time.perf_counter()
+
+    def elapsed_ms(self, end):
+        return (end.t - self.t) * 1e3
+
+
+def test_step_timer_batches_steps_between_events():
+    step_bench = load_step_bench()
+    calls = {"step": 0, "sync": 0}
+    timing = step_bench.time_per_step(lambda: calls.__setitem__("step", calls["step"] + 1), event=HostEvent,
+                                      sync=lambda: calls.__setitem__("sync", calls["sync"] + 1), steps=7, reps=4, warmup=3)
+    assert calls == {"step": 3 + 7 * 4, "sync": 1 + 4}  # the host waits only between batches
+    assert timing["us"]["n"] == 4 and timing["steps_per_sample"] == 7 and timing["us"]["median"] >= 0
+
+
+def test_step_eager_paths_run_on_the_host(monkeypatch):
+    """The rawgpu and PyTorch eager paths of a GPU run, on the numpy engine and PyTorch's CPU, with
+    host-clock events: the wiring, the counts and the rows (no figure from here means anything)."""
+    import rawgpu
+
+    step_bench = load_step_bench()
+    monkeypatch.setattr(step_bench, "CupyEvent", HostEvent)
+    monkeypatch.setattr(step_bench, "TorchEvent", HostEvent)
+    eng = rawgpu.use("numpy")
+    s = {"mlp": [12, 3], "batch": 5, "steps": 2, "reps": 2, "warmup": 1, "seed": 0, "systems": ["rawgpu-eager", "torch-eager"]}
+    model, step = step_bench.rawgpu_setup(eng, 12, 7, 3, 5, 0)
+    counts = step_bench.count_step(eng, step)
+    # The numpy backend launches nothing (its fused ops call its plain ones, so more calls are seen).
+    assert counts["host_syncs_per_step"] == 0 and counts["launches_per_step"] >= 6
+    rows = step_bench.run_rawgpu(eng, s, 7, counts)
+    assert [r["system"] for r in rows] == ["rawgpu-eager"] and rows[0]["status"] == "ok"
+    assert rows[0]["timing"]["us"]["n"] == 2 and math.isfinite(rows[0]["final_loss"])
+    if not HAS_TORCH:
+        pytest.skip("PyTorch is not installed: its eager path is not checked")
+    weights = model.state_dict()
+    x, y = step_bench.random_batch(5, 12, 3, 0)
+    # Same network, weights and batch: PyTorch's first loss is rawgpu's.
+    net = step_bench.TorchNet("cpu", weights, x, y)
+    net.step()
+    fresh = rawgpu.TwoLayerMLP(12, 7, 3, seed=0)
+    fresh.load_state_dict(weights)
+    assert abs(net.final_loss() - float(fresh.loss_and_grads(x, y))) < 1e-5
+    torch_rows = step_bench.run_torch(s, 7, weights, (x, y), device="cpu")
+    assert [r["system"] for r in torch_rows] == ["torch-eager"] and math.isfinite(torch_rows[0]["final_loss"])
+    step_bench.speedups(rows + torch_rows)
+    assert torch_rows[0]["speedup_vs_torch_eager"] == pytest.approx(1.0)
+
+
+def test_step_goals_and_table():
+    step_bench = load_step_bench()
+    s = {"mlp": [784, 10], "batch": 128, "hidden": [128]}
+    timed = lambda system, us: step_bench.row(system, 128, 128, timing={"us": {"median": us, "p10": us, "p90": us, "n": 1}})  # noqa: E731
+    rows = [timed("rawgpu-eager", 40.0), timed("rawgpu-graphed", 10.0), timed("torch-eager", 100.0), timed("torch-cudagraph", 30.0),
+            step_bench.row("torch-compile", 128, 128, status="torch.compile failed: X")]
+    step_bench.speedups(rows)
+    assert rows[1]["speedup_vs_torch_eager"] == pytest.approx(10.0) and rows[4]["speedup_vs_torch_eager"] is None
+    g = step_bench.goals(rows, s)
+    assert g["applies"] and g["rawgpu_best_us"] == 10.0 and g["speedup_vs_torch_eager"] == pytest.approx(10.0)
+    assert g["met_speedup_vs_torch_eager"] is True and g["faster_than_torch_cudagraph"] is True and g["met_graphed_us"] is True
+    assert step_bench.goals(rows[2:], s)["met_graphed_us"] is None  # unmeasured, not failed
+    assert step_bench.goals(rows, {**s, "batch": 64})["applies"] is False
+
+
+def test_step_prints_the_table_of_a_gpu_run(capsys):
+    step_bench = load_step_bench()
+    s = {"mlp": [784, 10], "batch": 128, "hidden": [128]}
+    timing = {"us": {"median": 50.0, "p10": 45.0, "p90": 60.0, "n": 3}}
+    rows = [step_bench.row("torch-eager", 128, 128, timing=timing), step_bench.row("rawgpu-graphed", 128, 128, status="graphs unavailable: X"),
+            step_bench.row("floor-graph", None, None, timing=timing)]
+    step_bench.speedups(rows)
+    result = {"mode": "gpu", "mode_note": "note", "settings": s, "rows": rows, "goals": step_bench.goals(rows, s),
+              "counts": {"launches_per_step": 6, "host_syncs_per_step": 0, "kernels": ["linear_relu"] * 6}}
+    step_bench.print_results(result)
+    text = capsys.readouterr().out
+    assert "50 [45..60]" in text and "1.00x" in text and "graphs unavailable: X" in text and "unmeasured" in text
