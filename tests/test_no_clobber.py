@@ -487,8 +487,11 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
     (Earlier still, the interpreter itself is starting up, before any program's code runs.)"""
     env = dict(os.environ, RAWGPU_DEVICE="numpy")
     for delay in (0.25, 0.35, 0.5, 0.7, 1.0):
+        # preexec_fn: Ctrl-C as a terminal delivers it, whatever this test process inherited (a
+        # SIGINT ignored here would be ignored by the child too, and it would simply finish).
         proc = subprocess.Popen([sys.executable, "-m", "rawgpu", *["train", *SAMPLE, "--epochs", "50"]], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
