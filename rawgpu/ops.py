@@ -229,18 +229,14 @@ class StepStats:
     ``counters`` (int32): steps taken, the first step whose loss was not finite (0: none yet),
     labels found outside [0, classes), and a scratch slot the loss kernel uses to find its last
     block. ``sums`` (float64): the sum of the row losses (mean x batch size, summed over steps)
-    and the sum of the steps' mean losses. The training loop reads them every N steps
-    (:meth:`read`) and clears them (:meth:`reset`) at each epoch's start.
+    and the sum of the steps' mean losses. They only ever grow: the training loop reads them every
+    N steps (:meth:`read`) and works with the differences between two reads.
     """
 
     def __init__(self, eng=None):
         self.engine = eng or _engine.current()
         self.counters = self.engine.zeros((4,), np.int32)
         self.sums = self.engine.zeros((2,), np.float64)
-
-    def reset(self) -> None:
-        self.counters[...] = 0
-        self.sums[...] = 0
 
     def read(self) -> dict:
         """One read of the device: steps, first_bad_step, bad_labels, loss_sum, mean_sum."""
