@@ -106,14 +106,20 @@ class TwoLayerMLP:
         chain rule gives, from the top down (``P`` the row-wise softmax of ``z``, ``Y`` the
         one-hot labels)::
 
-            forward   a = relu(x W1 + b1)                       linear_relu            launch 1
-                      z = a W2 + b2, L, and dL/dz = (P - Y) / B linear_softmax_ce      launch 2
-            dL/dW2 = a^T dL/dz      (H, C)    dL/db2 = sum over rows of dL/dz      weight_grad  launch 3
-            dL/da  = dL/dz W2^T     (B, H)                                          linear_backward_relu
-            dL/dh  = dL/da * [a > 0]  (B, H)  relu'(h) = 1 exactly where a > 0,     launch 4 (one kernel:
-                                              so the mask is read from a               the ReLU is its epilogue)
-            dL/dW1 = x^T dL/dh      (D, H)    dL/db1 = sum over rows of dL/dh      weight_grad  launch 5
+            launch  op                    computes                              shape
+            1       linear_relu           a      = relu(x W1 + b1)              (B, H)
+            2       linear_softmax_ce     z      = a W2 + b2                    (B, C)
+                                          L      = mean_i CE(z_i, y_i)
+                                          dL/dz  = (P - Y) / B                  (B, C)
+            3       weight_grad           dL/dW2 = a^T dL/dz                    (H, C)
+                                          dL/db2 = sum over rows of dL/dz       (C,)
+            4       linear_backward_relu  dL/da  = dL/dz W2^T                   (B, H)
+                                          dL/dh  = dL/da * [a > 0]              (B, H)
+            5       weight_grad           dL/dW1 = x^T dL/dh                    (D, H)
+                                          dL/db1 = sum over rows of dL/dh       (H,)
 
+        ``relu'(h) = 1`` exactly where ``a > 0``, so the ReLU's backward is a mask read from ``a``,
+        applied as the epilogue of the ``dL/da`` matmul (launch 4) before anything is stored.
         The bias gradients are column sums because each bias is added to every row of the batch;
         they come out of the same kernels as the weight gradients. The transposes are read in
         place; nothing is copied. The loss is not read back here: the device keeps the sums and
