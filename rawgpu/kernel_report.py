@@ -180,6 +180,7 @@ def toolchain() -> dict:
     except Exception as exc:  # NvvmSupportError and friends: libNVVM cannot be found or loaded
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReportError(f"NVVM (the CUDA compiler) is not available ({detail}); install it with: {INSTALL_HINT}") from None
+    _probe_compile()
     out = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
     release = re.search(r"release [\d.]+, V([\d.]+)", out)
     return {
@@ -188,6 +189,21 @@ def toolchain() -> dict:
         "ptxas": release.group(1) if release else out.strip().splitlines()[-1],
         "ptxas_path": ptxas,
     }
+
+
+def _probe_compile() -> None:
+    """Compile an empty kernel: NVVM alone is not enough (numba-cuda also loads NVRTC and the CUDA
+    headers, which the cuda12 extra brings), and a machine may have some pieces and not others."""
+    from numba import cuda
+
+    def empty(a):  # noqa: ARG001 - a kernel that does nothing, to see that one compiles
+        pass
+
+    try:
+        cuda.compile_ptx(empty, "void(float32[::1])", cc=(8, 0))
+    except Exception as exc:  # DynamicLibNotFoundError (no NVRTC), NvvmError, ...: the toolchain is incomplete
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReportError(f"the CUDA compiler cannot compile here ({detail}); install it with: {INSTALL_HINT}") from None
 
 
 def _dist_version(name: str) -> str | None:
