@@ -262,8 +262,8 @@ def linear_softmax_ce(a, w, b, labels, *, logits_out, grad_out, stats=None):
     """The output layer and its loss in one kernel: ``z = a @ w + b``, the mean softmax
     cross-entropy of ``z`` against ``labels``, and ``dL/dz = (softmax(z) - onehot) / B``.
 
-    Returns the loss as a 0-d float32 array of the engine's kind (``float()`` reads it; it is
-    overwritten by the next call with the same batch size). With ``stats`` (a :class:`StepStats`)
+    Returns the loss as a 0-d float32 array of the engine's kind (``float()`` reads it; the next
+    call overwrites it). With ``stats`` (a :class:`StepStats`)
     the step is also counted on the device: the loss sums grow and the first non-finite loss's
     step is kept, with no read back to the host. A label outside ``[0, classes)`` makes the loss
     NaN and is counted in ``stats``; the host engines refuse it outright.

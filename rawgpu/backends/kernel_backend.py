@@ -191,27 +191,23 @@ class KernelBackend:
     def linear_softmax_ce(self, a, w, b, labels, z, dz, stats):
         rows = a.shape[0]
         row_loss = self._buf("fused_row_loss", (rows,))
-        # One loss buffer per batch size, reused: CUDA-graph replay needs fixed addresses, and the
-        # caller reads the loss (if at all) before the next step of that size.
+        # One loss buffer, reused by every call: CUDA-graph replay needs fixed addresses, and the
+        # caller reads the loss (if at all) before the next call overwrites it.
         result = self._buf("fused_loss", (1,))
-        if stats is None:  # evaluation: the kernel still needs its block counter, but counts nothing
-            counters, sums, accumulate = self._scratch_stats(), None, False
-        else:
-            counters, sums, accumulate = stats.counters, stats.sums, True
-        sums = sums if sums is not None else self._buf("fused_sums", (2,), np.float64)
+        # Evaluation counts nothing (accumulate=False), but the kernel still finds its last block
+        # with a counter that must start at 0: the training counters are not to be touched.
+        counters, sums = (stats.counters, stats.sums) if stats is not None else self._eval_counters()
         v = self._view
         fused.linear_softmax_ce(
             v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums),
-            threads=self.settings["fused_threads"], accumulate=accumulate, stream=self._stream(),
+            threads=self.settings["fused_threads"], accumulate=stats is not None, stream=self._stream(),
         )
         return result.reshape(())
 
-    def _scratch_stats(self):
-        key = ("fused_counters", (4,), np.dtype(np.int32))
-        counters = self._scratch.get(key)
-        if counters is None:
-            counters = self._scratch[key] = self.xp.zeros((4,), np.int32)  # the block counter must start at 0
-        return counters
+    def _eval_counters(self):
+        if "eval_counters" not in self._scratch:
+            self._scratch["eval_counters"] = (self.xp.zeros((4,), np.int32), self.xp.zeros((2,), np.float64))
+        return self._scratch["eval_counters"]
 
     def linear_backward_relu(self, d, w, act, out):
         v = self._view
