@@ -55,8 +55,8 @@ Who computes what.
   ``z[i, j] = b[j] + sum_h a[i, h] w[h, j]`` from ``a[i, :]``, which the block stages in shared
   memory ``threads`` values at a time, while the warp reads ``w[h, j0:j0 + 32]`` coalesced. Then
   the stable softmax cross-entropy of the row exactly as in kernels/loss.py: a shared-memory tree
-  for the row maximum ``m``, another for ``s = sum_j exp(z_j - m)``, ``row_loss[i] = m + log(s)
-  - z[i, y]`` and ``dz[i, j] = (p_j - [j == y]) / B``. A label outside ``[0, C)`` makes the row's
+  for the row maximum ``m``, another for ``s = sum_j exp(z_j - m)``, ``row_loss[i] = (m - z[i, y])
+  + log(s)`` and ``dz[i, j] = (p_j - [j == y]) / B``. A label outside ``[0, C)`` makes the row's
   loss and gradient NaN and adds 1 to ``counters[2]`` (an integer atomic: exact in any order).
 
   The batch mean, in the same launch: a *last-block reduction*. Each block, having written its
@@ -378,7 +378,7 @@ def softmax_ce_kernel(threads: int, accumulate: bool):
                 p = math.exp(zj - mx) * inv_s
                 if j == y:
                     p -= float32(1.0)
-                    row_loss[i] = mx + math.log(s) - zj
+                    row_loss[i] = (mx - zj) + math.log(s)  # why this order: kernels/loss.py
                 dz[i, j] = p * inv_rows if valid else nan
 
         # 5. the batch mean: the block that finishes last adds up every row's loss.

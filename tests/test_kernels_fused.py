@@ -255,6 +255,21 @@ def test_linear_softmax_ce_huge_logits_are_stable(lane, rng):
     check_loss(run(*inputs), *inputs)
 
 
+
+@pytest.mark.sim
+def test_linear_softmax_ce_keeps_a_small_loss_beside_huge_logits(lane, rng):
+    # Logits near 1e4 (float32's spacing there is about 1e-3) but row losses of order 1: the
+    # kernel's own z, taken to float64, must give back its row losses to float32 accuracy.
+    rows, hidden, classes = 3, 4, 5
+    run = Loss(lane, rows, classes, fused.SIM_THREADS, accumulate=False)
+    a, w, _, labels = loss_inputs(rng, rows, hidden, classes)
+    b = (np.float32(1e4) + rand(rng, classes)).astype(np.float32)
+    got = run(a, w, b, labels)
+    z = got["z"].astype(np.float64)
+    m = z.max(1)
+    want = (m - z[np.arange(rows), labels]) + np.log(np.exp(z - m[:, None]).sum(1))
+    assert np.all(np.abs(got["row_loss"] - want) <= 1e-5 * np.maximum(1.0, want)), (got["row_loss"], want)
+
 # --- the training step's five fused launches, chained -------------------------------------------
 
 

@@ -116,6 +116,16 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits(eng, rng):
     assert_close(eng.to_host(grad), ref_grad)
 
 
+def test_softmax_cross_entropy_keeps_a_small_loss_beside_huge_logits(eng, rng):
+    # Every logit near 1e4, where float32's spacing is about 1e-3, but the loss is of order 1:
+    # summing it as (m + log s) - z_y would round away three of its digits in every row.
+    z = (np.float32(1e4) + rng.standard_normal((6, 5))).astype(np.float32)
+    y = rng.integers(0, 5, 6).astype(np.int32)
+    loss, _ = ops.softmax_cross_entropy(put(eng, z), put(eng, y))
+    ref_loss, _ = reference.softmax_cross_entropy(z, y)
+    assert abs(float(loss) - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_sgd_momentum_three_steps(eng, rng, nesterov, weight_decay):
