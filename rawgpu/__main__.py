@@ -1,7 +1,5 @@
 """``python -m rawgpu`` is the ``rawgpu`` command."""
 
-import sys
+from rawgpu.cli import run
 
-from rawgpu.cli import main
-
-sys.exit(main())
+run()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "sample")  # rawgpu.data.DATASETS (kept here: no NumPy import to build the parser)
 DEVICES = ("auto", "cuda", "sim", "numpy")
+INTERRUPTED = 130  # the exit status after Ctrl-C (128 + SIGINT), as shells report it
 MAX_SIZE = 2**31 - 1  # the largest --hidden or --batch-size: the kernels index with 32-bit integers
 
 
@@ -171,19 +173,75 @@ def _run_command(argv) -> int:
         print(f"rawgpu: error: out of memory ({detail}); lower --hidden or --batch-size", file=sys.stderr)
         return 1
     except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
+        if _interrupts.seen:  # a Ctrl-C that surfaced inside C code as some other error
+            raise KeyboardInterrupt from None
         # DataError, CheckpointError and OutputError are ValueErrors; their messages name the file or flag.
         print(f"rawgpu: error: {exc}", file=sys.stderr)
         return 1
 
 
+class _Interrupts:
+    """Python's own Ctrl-C handler raises KeyboardInterrupt wherever the interpreter happens to be.
+    Inside C code that is not always what arrives: tried 150 times at random moments of a run, a
+    Ctrl-C once came out of CPython's warnings machinery as ``TypeError: expected a message
+    argument``. So the command's handler also notes that a Ctrl-C came, and whatever error follows
+    one is reported as the interruption it was."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls):
+        """Put the handler in place of Python's default one; returns what to restore, or None."""
+        cls.seen = False
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+                return signal.signal(signal.SIGINT, cls.handler)
+        except ValueError:  # not the main thread: signal handlers cannot be set there
+            pass
+        return None
+
+
+_interrupts = _Interrupts
+
+
 def main(argv=None) -> int:
-    """The console entry point. Ctrl-C at any moment, even while modules load, is one line and exit 130."""
+    """The command, as a function: returns the exit status. Ctrl-C at any moment, even while
+    modules load, is one line and status 130."""
+    previous = _interrupts.install()
     try:
-        return _run_command(argv)
+        code = _run_command(argv)
     except KeyboardInterrupt:
+        code = INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if code == INTERRUPTED or _interrupts.seen:
         print("rawgpu: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    return code
+
+
+def run() -> None:
+    """The ``rawgpu`` command's entry point (and ``python -m rawgpu``'s): exits with main's status.
+
+    After a Ctrl-C it leaves with ``os._exit``, once the output is flushed: a KeyboardInterrupt
+    that passed through code CPython ran with ``PyRun_String`` (Cython modules' set-up does) leaves
+    a flag behind that makes a normal exit kill the process with SIGINT, status -2, instead of
+    returning 130. Everything rawgpu writes is already closed by then (files are written whole
+    and renamed), so nothing is lost by skipping the interpreter's clean-up.
+    """
+    code = main()
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
