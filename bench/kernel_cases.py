@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rawgpu import reference
+from rawgpu.ops import sgd_settings
 
 LR, MOMENTUM = 0.01, 0.9  # the SGD step that sgd_momentum_ is checked and timed with
 
@@ -315,7 +316,7 @@ class BackendOps:
         return self.b.softmax_cross_entropy(logits, labels, grad_out), grad_out
 
     def sgd_momentum_(self, param, grad, velocity, *, lr, momentum):
-        self.b.sgd_momentum_(param, grad, velocity, lr, momentum, 0.0, False)
+        self.b.sgd_momentum_(param, grad, velocity, sgd_settings(lr, momentum))
 
     def correct_count(self, logits, labels):
         if not self._device_count:

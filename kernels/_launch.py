@@ -1,8 +1,11 @@
-"""Launch arithmetic shared by the element-wise kernels: how many blocks a grid-stride loop gets."""
+"""Launch arithmetic shared by the launchers (how many blocks a grid-stride loop gets), and
+:class:`Launch`, a launch worked out once for a caller that repeats it."""
 
 from __future__ import annotations
 
 import math
+
+from numba import config
 
 #: Enough blocks to fill any current GPU many times over (an H100 holds 132 SMs x 2048 threads);
 #: past this the grid-stride loops take over and each thread handles several elements.
@@ -23,3 +26,50 @@ def grid_stride_blocks(n: int, threads: int, max_blocks: int | None) -> int:
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise ValueError(f"max_blocks: must be a positive integer or None, got {max_blocks!r}")
     return max(1, min(math.ceil(n / threads), cap))
+
+
+class Launch:
+    """One kernel with its grid, block and stream, worked out once and then called with arguments.
+
+    A launcher computes its grid from the shapes every time it is called; a caller that launches
+    the same shapes again and again (the training step) asks the launcher for a ``Launch`` once per
+    shape instead, keeps it, and calls it each step with nothing left to decide.
+    """
+
+    __slots__ = ("kernel", "grid", "block", "stream")
+
+    def __init__(self, kernel, grid, block, stream=0):
+        self.kernel, self.grid, self.block, self.stream = kernel, grid, block, stream
+
+    def __call__(self, *args) -> None:
+        self.kernel[self.grid, self.block, self.stream](*args)
+
+    def specialised(self, *args) -> "Launch":
+        """This launch, for arguments of exactly the types of ``args`` from now on.
+
+        Numba picks a kernel's compiled version by looking at the type of every argument at every
+        launch; ``Dispatcher.specialize`` compiles one version for these types and skips that
+        look, and the launch configuration (``kernel[grid, block, stream]``, an object of its own
+        on a GPU) is built once here instead of at every call. The caller promises the types will
+        not change: rawgpu's op layer checks dtype, dimensions and contiguity before it launches.
+
+        In Numba's simulator there is nothing to skip, and ``kernel[...]`` configures the kernel
+        object itself rather than making a new one, so a configuration cannot be kept: there the
+        launch is returned as it is, and configures the kernel at each call.
+        """
+        if config.ENABLE_CUDASIM:
+            return self
+        return _Specialised(self.kernel.specialize(*args), self.grid, self.block, self.stream)
+
+
+class _Specialised(Launch):
+    """A :class:`Launch` with its kernel specialised and its configuration built once (GPU only)."""
+
+    __slots__ = ("_configured",)
+
+    def __init__(self, kernel, grid, block, stream):
+        super().__init__(kernel, grid, block, stream)
+        self._configured = kernel[grid, block, stream]
+
+    def __call__(self, *args) -> None:
+        self._configured(*args)

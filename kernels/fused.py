@@ -93,7 +93,7 @@ import math
 
 from numba import cuda, float32, float64, int32
 
-from ._launch import check_threads
+from ._launch import Launch, check_threads
 from .matmul._common import divides, jit, make_config
 from .reductions import block_tree_max, block_tree_sum
 
@@ -254,15 +254,24 @@ def tiled_kernel(epilogue: str, bm: int, bn: int, bk: int, tm: int, tn: int):
     return fused_tiled
 
 
-def _tiled_launch(epilogue, cfg, a, b, c, e, stream):
+def tiled_launch(epilogue, cfg, m, n, stream=0):
+    """The launch of one fused matmul whose output ``c`` is ``m x n``: called as
+    ``launch(a, b, c, e)``. None when the output is empty (nothing to write, and CUDA refuses an
+    empty grid). The grid covers ``c`` with output tiles, one block each; row tiles past
+    ``MAX_GRID_Y`` are looped over inside the kernel."""
     if cfg.variant != "fused":
         raise ValueError(f"cfg: a {cfg.variant!r} config cannot launch a fused kernel; build it with fused.config()")
-    m, n = c.shape
     if m == 0 or n == 0:
-        return  # nothing to write, and CUDA refuses an empty grid
+        return None
     rows, cols = cfg.tile_shape
     grid = (-(-n // cols), min(-(-m // rows), MAX_GRID_Y))
-    tiled_kernel(epilogue, **cfg.params)[grid, cfg.block, stream](a, b, c, e)
+    return Launch(tiled_kernel(epilogue, **cfg.params), grid, cfg.block, stream)
+
+
+def _tiled_launch(epilogue, cfg, a, b, c, e, stream):
+    launch = tiled_launch(epilogue, cfg, c.shape[0], c.shape[1], stream)
+    if launch is not None:
+        launch(a, b, c, e)
 
 
 def linear_relu(x, w, b, out, *, cfg, stream=0) -> None:
@@ -437,10 +446,14 @@ def linear_softmax_ce(a, w, b, labels, z, dz, row_loss, loss, counters, sums, *,
                              ("loss", loss, (1,)), ("counters", counters, (4,)), ("sums", sums, (2,))):
         if tuple(arr.shape) != shape:
             raise ValueError(f"{name}: must have shape {shape}, got {tuple(arr.shape)}")
-    blocks = min(rows, MAX_ROW_BLOCKS)
-    softmax_ce_kernel(threads, bool(accumulate))[blocks, threads, stream](
-        a, w, b, labels, z, dz, row_loss, loss, counters, sums
-    )
+    softmax_ce_launch(rows, threads, accumulate, stream)(a, w, b, labels, z, dz, row_loss, loss, counters, sums)
+
+
+def softmax_ce_launch(rows, threads, accumulate, stream=0):
+    """The launch of the loss kernel for ``rows`` rows: one block of ``threads`` per row (rows past
+    ``MAX_ROW_BLOCKS`` loop inside the kernel). Called with the arguments of
+    :func:`linear_softmax_ce`, in its order."""
+    return Launch(softmax_ce_kernel(threads, bool(accumulate)), min(rows, MAX_ROW_BLOCKS), threads, stream)
 
 
 # --- what rawgpu kernels compiles ------------------------------------------------------------

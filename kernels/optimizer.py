@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 from numba import cuda, float32
 
-from ._launch import check_threads, grid_stride_blocks
+from ._launch import Launch, check_threads, grid_stride_blocks
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,10 +53,19 @@ def sgd_momentum(param, grad, velocity, lr, momentum, weight_decay, nesterov, *,
         return
     # The update does not care about the shape: run over the flat (contiguous) buffer.
     flat = [arr.reshape(n) for arr in (param, grad, velocity)]
-    blocks = grid_stride_blocks(n, threads, max_blocks)
-    sgd_kernel(bool(nesterov))[blocks, threads, stream](
-        *flat, float32(lr), float32(momentum), float32(weight_decay)
-    )
+    sgd_launch(n, nesterov, threads=threads, max_blocks=max_blocks, stream=stream)(*flat, *hyper_args(lr, momentum, weight_decay))
+
+
+def sgd_launch(n, nesterov, *, threads=256, max_blocks=None, stream=0):
+    """The launch of one SGD step over ``n`` (> 0) elements, a grid-stride loop: called as
+    ``launch(param, grad, velocity, *hyper_args(lr, momentum, weight_decay))`` on flat arrays."""
+    return Launch(sgd_kernel(bool(nesterov)), grid_stride_blocks(n, threads, max_blocks), threads, stream)
+
+
+def hyper_args(lr, momentum, weight_decay):
+    """The three hyperparameters as the kernel takes them: float32 scalars (see the kernel).
+    NumPy's float32, not Numba's: calling Numba's type as a converter costs microseconds."""
+    return np.float32(lr), np.float32(momentum), np.float32(weight_decay)
 
 
 # --- what rawgpu kernels compiles ------------------------------------------------------------

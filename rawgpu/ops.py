@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,8 @@ __all__ = [
     "col_sum",
     "softmax_cross_entropy",
     "sgd_momentum_",
+    "sgd_settings",
+    "SGDSettings",
     "correct_count",
     "linear_relu",
     "linear_softmax_ce",
@@ -46,21 +49,26 @@ from rawgpu.kernels.matmul import VARIANTS as MATMUL_VARIANTS  # noqa: E402
 # ---------------------------------------------------------------------------------------------
 
 
-def _check(name, arr, eng, *, ndim, dtype=np.float32, shape=None):
-    """Check one array argument; return its shape."""
+_F32, _I32 = np.dtype(np.float32), np.dtype(np.int32)
+
+
+def _check(name, arr, eng, *, ndim, dtype=_F32, shape=None):
+    """Check one array argument; return its shape. (Every op of every step comes through here,
+    so the common case is a handful of attribute reads and comparisons, nothing built.)"""
     if not isinstance(arr, eng.array_type):
         raise TypeError(
             f"{name} must be {eng.describe_kind()} on the {eng.name!r} engine, got {type(arr).__module__}.{type(arr).__name__}"
         )
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(arr.shape)}")
-    if arr.dtype != np.dtype(dtype):
-        raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {arr.dtype}; convert it with .astype({np.dtype(dtype).name})")
+    if arr.dtype != dtype:
+        want = np.dtype(dtype).name
+        raise TypeError(f"{name} must be {want}, got {arr.dtype}; convert it with .astype({want})")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous; pass a contiguous copy (e.g. xp.ascontiguousarray({name}))")
-    if shape is not None and tuple(arr.shape) != tuple(shape):
+    if shape is not None and arr.shape != shape:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
-    return tuple(arr.shape)
+    return arr.shape
 
 
 def _check_inner(name, w, eng, k, left):
@@ -81,7 +89,7 @@ def _output(name, out, eng, shape, dtype=np.float32):
 def validate_labels(labels, rows, classes, eng=None):
     """Check ``labels`` (int32, ``(rows,)``) against ``classes``; a ValueError says what is wrong."""
     eng = eng or _engine.current()
-    _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
+    _check("labels", labels, eng, ndim=1, dtype=_I32, shape=(rows,))
     if rows:
         # One comparison, one host read: seen as unsigned, a negative int32 is >= 2**31, so
         # "label >= classes" also catches every negative label.
@@ -190,7 +198,7 @@ def softmax_cross_entropy(logits, labels, *, grad_out=None):
     if rows < 1 or classes < 1:
         raise ValueError(f"logits must have at least one row and one class, got shape {(rows, classes)}")
     if eng.is_device:
-        _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
+        _check("labels", labels, eng, ndim=1, dtype=_I32, shape=(rows,))
     else:
         validate_labels(labels, rows, classes, eng)
     grad = _output("grad_out", grad_out, eng, (rows, classes))
@@ -198,11 +206,35 @@ def softmax_cross_entropy(logits, labels, *, grad_out=None):
     return loss, grad
 
 
-def sgd_momentum_(param, grad, velocity, *, lr, momentum, weight_decay=0.0, nesterov=False):
+class SGDSettings(NamedTuple):
+    """The hyperparameters of an SGD step, checked once by :func:`sgd_settings`."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+
+
+def sgd_settings(lr, momentum=0.0, weight_decay=0.0, nesterov=False) -> SGDSettings:
+    """Check SGD's hyperparameters once and keep them: ``lr > 0``, ``momentum >= 0`` and
+    ``weight_decay >= 0`` finite real numbers, Nesterov only with momentum."""
+    lr, momentum, weight_decay = _hyper("lr", lr, positive=True), _hyper("momentum", momentum), _hyper("weight_decay", weight_decay)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"nesterov must be True or False, got {type(nesterov).__name__} {nesterov!r}")
+    if nesterov and momentum == 0.0:
+        raise ValueError("nesterov=True needs momentum > 0")
+    return SGDSettings(lr, momentum, weight_decay, bool(nesterov))
+
+
+def sgd_momentum_(param, grad, velocity, settings=None, *, lr=None, momentum=0.0, weight_decay=0.0, nesterov=False):
     """One SGD-with-momentum step, in place on ``param`` and ``velocity`` (PyTorch's rule).
 
     ``g = grad + weight_decay * param``; ``v = momentum * v + g``;
     ``param -= lr * (g + momentum * v if nesterov else v)``. ``grad`` is left unchanged.
+
+    Pass the hyperparameters either as keywords (checked at this call) or as ``settings``, an
+    :class:`SGDSettings` from :func:`sgd_settings`, checked when it was made: the optimizer makes
+    its settings once, so a training step does not check the same four numbers again.
     """
     eng = _engine.current()
     ndim = getattr(param, "ndim", None)
@@ -211,10 +243,15 @@ def sgd_momentum_(param, grad, velocity, *, lr, momentum, weight_decay=0.0, nest
     shape = _check("param", param, eng, ndim=ndim)
     _check("grad", grad, eng, ndim=ndim, shape=shape)
     _check("velocity", velocity, eng, ndim=ndim, shape=shape)
-    lr, momentum, weight_decay = _hyper("lr", lr, positive=True), _hyper("momentum", momentum), _hyper("weight_decay", weight_decay)
-    if nesterov and momentum == 0.0:
-        raise ValueError("nesterov=True needs momentum > 0")
-    eng.backend.sgd_momentum_(param, grad, velocity, lr, momentum, weight_decay, bool(nesterov))
+    if settings is None:
+        if lr is None:
+            raise TypeError("sgd_momentum_ needs lr=... (or settings=ops.sgd_settings(...))")
+        settings = sgd_settings(lr, momentum, weight_decay, nesterov)
+    elif not isinstance(settings, SGDSettings):
+        raise TypeError(f"settings must be an ops.SGDSettings (make it with ops.sgd_settings), got {type(settings).__name__}")
+    elif lr is not None:
+        raise TypeError("pass the hyperparameters as settings or as keywords, not both")
+    eng.backend.sgd_momentum_(param, grad, velocity, settings)
     return param
 
 
@@ -275,7 +312,7 @@ def linear_softmax_ce(a, w, b, labels, *, logits_out, grad_out, stats=None):
     if rows < 1:
         raise ValueError("a must have at least one row: the mean loss of zero rows is undefined")
     if eng.is_device:
-        _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
+        _check("labels", labels, eng, ndim=1, dtype=_I32, shape=(rows,))
     else:
         validate_labels(labels, rows, classes, eng)
     _check("logits_out", logits_out, eng, ndim=2, shape=(rows, classes))
@@ -319,7 +356,7 @@ def correct_count(logits, labels):
     """How many rows' argmax equals the label (ties go to the lowest index). Returns an int."""
     eng = _engine.current()
     rows, classes = _check("logits", logits, eng, ndim=2)
-    _check("labels", labels, eng, ndim=1, dtype=np.int32, shape=(rows,))
+    _check("labels", labels, eng, ndim=1, dtype=_I32, shape=(rows,))
     if rows == 0:
         return 0
     return int(eng.backend.correct_count(logits, labels))

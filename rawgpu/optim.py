@@ -23,12 +23,9 @@ class SGD:
     """
 
     def __init__(self, model, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
-        # Checked once, here: the step below passes them on unchecked.
-        self.lr, self.momentum = ops._hyper("lr", lr, positive=True), ops._hyper("momentum", momentum)
-        self.weight_decay = ops._hyper("weight_decay", weight_decay)
-        if nesterov and self.momentum == 0.0:
-            raise ValueError("nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
+        # Checked once, here: every step passes them on as they are.
+        self.settings = ops.sgd_settings(lr, momentum, weight_decay, nesterov)
+        self.lr, self.momentum, self.weight_decay, self.nesterov = self.settings
         self.model = model
         # One flat velocity, laid out like the model's flat parameters: one launch per step.
         self.flat_velocity = model.engine.zeros(model.flat_params.shape)
@@ -36,10 +33,7 @@ class SGD:
 
     def step(self) -> None:
         """Update every parameter in place from ``model.grads``: one kernel launch for all four."""
-        ops.sgd_momentum_(
-            self.model.flat_params, self.model.flat_grads, self.flat_velocity,
-            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
-        )
+        ops.sgd_momentum_(self.model.flat_params, self.model.flat_grads, self.flat_velocity, self.settings)
 
     def state_dict(self) -> dict:
         """The velocities as NumPy copies, under the parameters' names."""

@@ -73,6 +73,81 @@ def test_a_training_step_is_six_launches_and_no_host_read(sim, rng, launches, ho
 
 
 @pytest.mark.sim
+def test_the_call_path_is_model_ops_launcher_kernel(sim, rng, monkeypatch):
+    """train -> model -> ops -> launcher -> kernel: from the model down to each kernel launch, a
+    step passes through the op layer, the engine's launcher and the kept launch, nothing else."""
+    import traceback
+
+    from numba.cuda.simulator import kernel as simkernel
+
+    model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
+    opt = rawgpu.SGD(model, lr=0.1, momentum=0.9)
+    x, y = _batch(sim, rng, 5, 9, 3)
+    model.loss_and_grads(x, y)  # the first step works the launches out
+    opt.step()
+    paths, original = [], simkernel.FakeCUDAKernel.__call__
+
+    def recording(self, *args):
+        if not self._device and not simkernel._kernel_context:
+            frames = traceback.extract_stack()[:-1]
+            top = max(i for i, f in enumerate(frames) if f.filename.endswith(("rawgpu/model.py", "rawgpu/optim.py")))
+            paths.append([f"{f.filename.split('/')[-2]}/{f.filename.split('/')[-1]}" for f in frames[top + 1 :]])
+        return original(self, *args)
+
+    monkeypatch.setattr(simkernel.FakeCUDAKernel, "__call__", recording)
+    model.loss_and_grads(x, y)
+    opt.step()
+    assert len(paths) == 6
+    for path in paths:
+        # Each module once, in this order (a module may take more than one frame).
+        modules = [m for i, m in enumerate(path) if i == 0 or path[i - 1] != m]
+        assert modules == ["rawgpu/ops.py", "backends/kernel_backend.py", "kernels/_launch.py"], path
+
+
+@pytest.mark.sim
+def test_launches_are_worked_out_once_per_shape(sim, rng, monkeypatch):
+    from rawgpu.kernels import fused, optimizer
+
+    planned = []
+    for module, name in ((fused, "tiled_launch"), (fused, "softmax_ce_launch"), (optimizer, "sgd_launch")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: planned.append(_name) or _real(*a, **k))
+    model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
+    opt = rawgpu.SGD(model, lr=0.1, momentum=0.9)
+    x, y = _batch(sim, rng, 5, 9, 3)
+    for _ in range(3):
+        model.loss_and_grads(x, y)
+        opt.step()
+    # Four fused matmuls with four output shapes, the loss, SGD: six plans for three steps.
+    assert sorted(planned) == sorted(["tiled_launch"] * 4 + ["softmax_ce_launch", "sgd_launch"]), planned
+    x2, y2 = _batch(sim, rng, 4, 9, 3)  # another batch size: the batch-shaped launches again
+    model.loss_and_grads(x2, y2)
+    opt.step()
+    assert planned[6:] == ["tiled_launch", "softmax_ce_launch", "tiled_launch"], planned
+
+
+@pytest.mark.sim
+def test_a_step_does_not_check_the_hyperparameters_again(sim, rng, monkeypatch):
+    from rawgpu import ops
+
+    model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
+    opt = rawgpu.SGD(model, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
+    checks = []
+    real = ops._hyper
+    monkeypatch.setattr(ops, "_hyper", lambda *a, **k: checks.append(a[0]) or real(*a, **k))
+    x, y = _batch(sim, rng, 5, 9, 3)
+    model.loss_and_grads(x, y)
+    opt.step()
+    assert checks == []
+    with pytest.raises(TypeError, match="not both"):
+        ops.sgd_momentum_(model.flat_params, model.flat_grads, opt.flat_velocity, opt.settings, lr=0.1)
+    with pytest.raises(TypeError, match="ops.sgd_settings"):
+        ops.sgd_momentum_(model.flat_params, model.flat_grads, opt.flat_velocity, (0.1, 0.9, 0.0, False))
+    with pytest.raises(TypeError, match="nesterov must be True or False"):
+        ops.sgd_settings(0.1, 0.9, nesterov="no")
+
+
+@pytest.mark.sim
 def test_the_fused_step_matches_the_float64_reference(sim, rng):
     model = rawgpu.TwoLayerMLP(11, 6, 4, seed=2)
     x, y = _batch(sim, rng, 7, 11, 4)
@@ -206,3 +281,38 @@ def test_graph_replay_equals_eager_bit_for_bit(tmp_path):
             assert np.array_equal(weights[True][name], w), name  # bit for bit
     finally:
         rawgpu.use("numpy")
+
+
+def test_a_specialised_launch_configures_its_kernel_once(monkeypatch):
+    """What a Launch does on a GPU, with a stand-in for Numba's dispatcher (no GPU needed)."""
+    from rawgpu.kernels import _launch
+
+    log = []
+
+    class Dispatcher:
+        def __init__(self, name):
+            self.name = name
+
+        def specialize(self, *args):
+            log.append(("specialize", self.name, tuple(type(a).__name__ for a in args)))
+            return Dispatcher(self.name + "'")
+
+        def __getitem__(self, config):
+            log.append(("configure", self.name, config))
+            return lambda *args: log.append(("launch", self.name, args))
+
+    monkeypatch.setattr(_launch.config, "ENABLE_CUDASIM", False)
+    launch = _launch.Launch(Dispatcher("k"), (3, 2), (16, 16), "s").specialised(np.zeros(2), np.float32(1))
+    launch(1, 2)
+    launch(3, 4)
+    assert log == [
+        ("specialize", "k", ("ndarray", "float32")), ("configure", "k'", ((3, 2), (16, 16), "s")),
+        ("launch", "k'", (1, 2)), ("launch", "k'", (3, 4)),
+    ]
+    monkeypatch.setattr(_launch.config, "ENABLE_CUDASIM", True)  # the simulator: configured per call
+    log.clear()
+    plain = _launch.Launch(Dispatcher("k"), 4, 8)
+    assert plain.specialised(1) is plain
+    plain(5)
+    plain(6)
+    assert [entry[0] for entry in log] == ["configure", "launch", "configure", "launch"]

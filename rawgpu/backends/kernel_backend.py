@@ -1,4 +1,8 @@
-"""The ``cuda`` and ``sim`` engines: the ops run as the Numba kernels in ``rawgpu.kernels``.
+"""The ``cuda`` and ``sim`` engines' launchers: the ops run as the Numba kernels in ``rawgpu.kernels``.
+
+The op layer (rawgpu/ops.py) has checked the arguments; a method here turns them into the
+kernel's arguments (device-array views) and launches on the engine's stream. The training step's
+six launches are worked out once per shape and kept (see ``_launch``).
 
 The two engines share this code. On ``cuda`` the arrays are CuPy arrays, handed to Numba as
 device-array views (no copy) and launched on CuPy's current stream, so Numba kernels and CuPy
@@ -47,6 +51,10 @@ LAUNCH = {
 }
 
 
+#: Marks a launch not yet worked out (None means "nothing to launch").
+_UNPLANNED = object()
+
+
 def _row_threads(classes, cap):
     """Threads per row for the softmax kernel: a power of two near the row length, at most cap."""
     threads = 1
@@ -60,6 +68,7 @@ class KernelBackend:
         self.name = "sim" if simulator else "cuda"
         self.settings = LAUNCH[self.name]
         self._scratch: dict = {}
+        self._launches: dict = {}  # (kernel, shape, ..., stream) -> its Launch: see _launch below
         self.matmul_picks: dict = {}  # (m, n, k, trans_a, trans_b) -> (variant, config, reason)
         self._gpu = None
         if simulator:
@@ -175,18 +184,33 @@ class KernelBackend:
         )
         return result.reshape(())
 
-    def sgd_momentum_(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
-        v = self._view
-        optimizer.sgd_momentum(
-            v(param), v(grad), v(velocity), lr, momentum, weight_decay, nesterov,
-            threads=self.settings["threads"], stream=self._stream(),
-        )
+    # --- the training step: six launches, each worked out once per shape -----------------------
+    #
+    # These are the step's launchers. The op layer (rawgpu/ops.py) has checked every argument, so
+    # all that is left is to find this shape's launch and call the kernel. The first call for a
+    # shape asks the kernel module for the grid and block (a kernels._launch.Launch), specialises
+    # it to the argument types (Numba then skips its per-launch type dispatch) and keeps it; every
+    # later call is a dict lookup, the arguments' views, and the launch.
 
-    # --- the fused ops of the training step: one launch each ---------------------------------
+    def _launch(self, key, plan, args):
+        launch = self._launches.get(key, _UNPLANNED)
+        if launch is _UNPLANNED:
+            if len(self._launches) >= 1024:  # a run needs a handful; this bounds odd callers
+                self._launches.clear()
+            launch = plan()  # None: an empty output, nothing to launch
+            launch = self._launches[key] = None if launch is None else launch.specialised(*args)
+        if launch is not None:
+            launch(*args)
+
+    def _tiled(self, epilogue, a, b, c, e):
+        """One fused matmul ``c = op(a) @ op(b)`` whose epilogue reads or writes ``e``."""
+        v, stream = self._view, self._stream()
+        m, n = c.shape
+        self._launch((epilogue, m, n, stream), lambda: fused.tiled_launch(epilogue, self.settings["fused"], m, n, stream),
+                     (v(a), v(b), v(c), v(e)))
 
     def linear_relu(self, x, w, b, out):
-        v = self._view
-        fused.linear_relu(v(x), v(w), v(b), v(out), cfg=self.settings["fused"], stream=self._stream())
+        self._tiled(fused.BIAS_RELU, x, w, out, b)
 
     def linear_softmax_ce(self, a, w, b, labels, z, dz, stats):
         rows = a.shape[0]
@@ -197,11 +221,10 @@ class KernelBackend:
         # Evaluation counts nothing (accumulate=False), but the kernel still finds its last block
         # with a counter that must start at 0: the training counters are not to be touched.
         counters, sums = (stats.counters, stats.sums) if stats is not None else self._eval_counters()
-        v = self._view
-        fused.linear_softmax_ce(
-            v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums),
-            threads=self.settings["fused_threads"], accumulate=stats is not None, stream=self._stream(),
-        )
+        accumulate, threads = stats is not None, self.settings["fused_threads"]
+        v, stream = self._view, self._stream()
+        self._launch(("softmax_ce", rows, accumulate, stream), lambda: fused.softmax_ce_launch(rows, threads, accumulate, stream),
+                     (v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums)))
         return result.reshape(())
 
     def _eval_counters(self):
@@ -209,13 +232,21 @@ class KernelBackend:
             self._scratch["eval_counters"] = (self.xp.zeros((4,), np.int32), self.xp.zeros((2,), np.float64))
         return self._scratch["eval_counters"]
 
-    def linear_backward_relu(self, d, w, act, out):
-        v = self._view
-        fused.linear_backward_relu(v(d), v(w), v(act), v(out), cfg=self.settings["fused"], stream=self._stream())
-
     def weight_grad(self, inp, d, w_out, b_out):
-        v = self._view
-        fused.weight_grad(v(inp), v(d), v(w_out), v(b_out), cfg=self.settings["fused"], stream=self._stream())
+        self._tiled(fused.WEIGHT_GRAD, inp, d, w_out, b_out)
+
+    def linear_backward_relu(self, d, w, act, out):
+        self._tiled(fused.RELU_MASK, d, w, out, act)
+
+    def sgd_momentum_(self, param, grad, velocity, settings):
+        n = param.size
+        if n == 0:
+            return
+        lr, momentum, weight_decay, nesterov = settings
+        v, stream, threads = self._view, self._stream(), self.settings["threads"]
+        # The update does not care about the shape: it runs over the flat (contiguous) buffers.
+        args = (v(param.reshape(n)), v(grad.reshape(n)), v(velocity.reshape(n)), *optimizer.hyper_args(lr, momentum, weight_decay))
+        self._launch(("sgd", n, nesterov, stream), lambda: optimizer.sgd_launch(n, nesterov, threads=threads, stream=stream), args)
 
     def correct_count(self, logits, labels):
         count = self.xp.zeros((1,), np.int32)

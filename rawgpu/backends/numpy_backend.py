@@ -95,7 +95,8 @@ class NumpyBackend:
             idx = self._scratch[("row_index", rows)] = np.arange(rows)
         return idx
 
-    def sgd_momentum_(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
+    def sgd_momentum_(self, param, grad, velocity, settings):
+        lr, momentum, weight_decay, nesterov = settings
         # Four passes over the parameter without weight decay or Nesterov (the common case):
         # v *= mu; v += g; step = lr * v; p -= step.
         step = self._buf("sgd_step", param.shape)
