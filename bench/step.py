@@ -3,7 +3,7 @@ CUDA graphs, torch.compile) and the floor that kernel launches set.
 
     python bench/step.py                              # on a GPU: 784-H-10, B 128, H in 128, 512, 1024, 4096
     python bench/step.py --quick --json step.json     # H 128 only, few steps: a smoke test
-    python bench/step.py --sim --json step-sim.json   # anywhere: rawgpu's launches and host syncs per step, no timings
+    python bench/step.py --sim --json step-sim.json   # anywhere: launches and host syncs per step, and rawgpu's own Python per step
 
 At this network's size a step is a handful of small kernels, so what it costs is launches and
 host synchronisations, not FLOPs. Every system trains the same network (Linear, ReLU, Linear;
@@ -56,7 +56,7 @@ GOAL_GRAPHED_STEP_US = 20.0
 
 MODE_NOTES = {
     "gpu": "each step timed with CUDA events around batches of back-to-back steps, data resident on the GPU, no loss read",
-    "sim": "Numba's CUDA simulator: rawgpu's launches and host syncs per step counted; nothing timed (the simulator says nothing about speed)",
+    "sim": "Numba's CUDA simulator: rawgpu's launches and host syncs per step counted, and its own Python per step timed with the launches stubbed out; no kernel timed (the simulator says nothing about GPU speed)",
     "none": "no GPU: nothing timed; every row says 'no GPU' (--sim counts launches and host syncs without one)",
 }
 
@@ -64,7 +64,7 @@ MODE_NOTES = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/step.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="hidden 128 only, 20 steps x 3 repetitions: a smoke test")
-    p.add_argument("--sim", action="store_true", help="count rawgpu's launches and host syncs per step in Numba's CUDA simulator (tiny shape, no timings)")
+    p.add_argument("--sim", action="store_true", help="in Numba's CUDA simulator (tiny shape): count rawgpu's launches and host syncs per step, and time its own Python per step with the launches stubbed out; no kernel timed")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (fields: bench/README.md)")
     p.add_argument("--hidden", type=int_list, metavar="H,...", help="hidden sizes (default 128,512,1024,4096; --sim 12)")
     p.add_argument("--batch", type=positive_int, help="batch size (default 128; --sim 8)")
@@ -500,6 +500,38 @@ def torch_missing(s, h) -> list[dict] | None:
     return None
 
 
+def python_per_step(step, *, steps: int = 300, reps: int = 9) -> dict:
+    """rawgpu's own host time per step, in microseconds, with every kernel launch stubbed out.
+
+    In the simulator a launch runs the kernel in Python threads, so the simulator's launch (and
+    its configuration) are replaced by no-ops; what is left is the model, the op layer's checks
+    and the launchers: the call path a step takes before Numba gets the kernel. Host clock,
+    ``steps`` steps per sample, ``reps`` samples, after a warm-up. Not a GPU figure: on the
+    ``cuda`` engine the launchers also look up CuPy arrays' Numba views and the stream, and
+    Numba's launch itself comes on top; the NumPy-backed ``sim`` engine checks its labels'
+    range on the host each step, which ``cuda`` leaves to the kernel.
+    """
+    import time
+
+    from numba.cuda.simulator import kernel as simkernel
+
+    cls = simkernel.FakeCUDAKernel
+    call, getitem = cls.__call__, cls.__getitem__
+    cls.__call__, cls.__getitem__ = (lambda self, *args: None), (lambda self, config: self)
+    try:
+        for _ in range(20):
+            step()
+        samples = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            samples.append((time.perf_counter() - start) / steps * 1e6)
+    finally:
+        cls.__call__, cls.__getitem__ = call, getitem
+    return summarize(samples)
+
+
 def run_sim(s) -> tuple[list[dict], dict]:
     import rawgpu
 
@@ -509,6 +541,7 @@ def run_sim(s) -> tuple[list[dict], dict]:
     for h in s["hidden"]:
         _, step = rawgpu_setup(eng, d, h, c, b, s["seed"])
         counts_h = count_step(eng, step)
+        counts_h["python_us_per_step"] = python_per_step(step)
         counts = counts or counts_h
         rows.append(row(RAWGPU_EAGER, h, b, status="counted (simulator)", launches_per_step=counts_h["launches_per_step"],
                         host_syncs_per_step=counts_h["host_syncs_per_step"], how="one step's backend calls and Engine.to_host/synchronize calls, counted"))
@@ -535,6 +568,10 @@ def print_results(result: dict) -> None:
     if result["counts"]:
         c = result["counts"]
         print(f"rawgpu: {c['launches_per_step']} launches per step ({', '.join(c['kernels'])}); {c['host_syncs_per_step']} host syncs per step")
+        if c.get("python_us_per_step"):
+            t = c["python_us_per_step"]
+            print(f"rawgpu's own Python per step, kernel launches stubbed out (host clock): {fmt_us(t['median'])} us "
+                  f"[{fmt_us(t['p10'])}..{fmt_us(t['p90'])}]")
     if result["mode"] != "gpu":
         return
     table = []
