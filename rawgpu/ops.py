@@ -346,6 +346,8 @@ def weight_grad(inp, d, *, w_out, b_out):
     rows_d, n = _check("d", d, eng, ndim=2)
     if rows_d != rows:
         raise ValueError(f"d must have {rows} rows, one per row of inp, got shape {(rows_d, n)}")
+    if k == 0 and n > 0:  # the kernel's blocks tile w_out, and an empty w_out has none to write b_out
+        raise ValueError("inp must have at least one column (feature): with none there is no weight to train")
     _check("w_out", w_out, eng, ndim=2, shape=(k, n))
     _check("b_out", b_out, eng, ndim=1, shape=(n,))
     eng.backend.weight_grad(inp, d, w_out, b_out)

@@ -227,3 +227,55 @@ def test_hyperparameters_are_checked(eng, rng):
         ops.sgd_momentum_(p, p.copy(), p.copy(), lr=0.1, momentum=0.9, weight_decay="x")
     with pytest.raises(ValueError, match="velocity must have shape"):
         ops.sgd_momentum_(p, p.copy(), put(eng, rand(rng, 4)), lr=0.1, momentum=0.9)
+
+
+# --- the fused ops of the training step, at the op boundary --------------------------------------
+# The step's launchers trust these checks (kernel_backend.py launches without re-checking), so
+# each op is checked here on every engine: values against the float64 reference at odd shapes
+# with poisoned outputs, and the one-line refusals.
+
+FUSED_SHAPES = [(1, 1, 1, 1), (5, 7, 3, 4), (9, 2, 6, 11)]  # (B, D, H, C): none a tile multiple
+
+
+@pytest.mark.parametrize("b_, d_, h_, c_", FUSED_SHAPES)
+def test_fused_ops_match_float64(eng, rng, b_, d_, h_, c_):
+    x, w1, b1 = rand(rng, b_, d_), rand(rng, d_, h_), rand(rng, h_)
+    w2, b2, labels = rand(rng, h_, c_), rand(rng, c_), rng.integers(0, c_, b_).astype(np.int32)
+    act = ops.linear_relu(put(eng, x), put(eng, w1), put(eng, b1), out=nan_out(eng, (b_, h_)))
+    assert_close(eng.to_host(act), reference.linear_relu(x, w1, b1), what="linear_relu")
+    a = np.maximum(rand(rng, b_, h_), 0)  # a ReLU output with zeros in it, for the mask below
+    z, dz = nan_out(eng, (b_, c_)), nan_out(eng, (b_, c_))
+    loss = ops.linear_softmax_ce(put(eng, a), put(eng, w2), put(eng, b2), put(eng, labels), logits_out=z, grad_out=dz)
+    ref_z, ref_loss, ref_dz = reference.linear_softmax_ce(a, w2, b2, labels)
+    assert abs(float(loss) - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
+    assert_close(eng.to_host(z), ref_z, what="z")
+    assert_close(eng.to_host(dz), ref_dz, what="dz")
+    d = rand(rng, b_, c_)
+    dh = ops.linear_backward_relu(put(eng, d), put(eng, w2), put(eng, a), out=nan_out(eng, (b_, h_)))
+    assert_close(eng.to_host(dh), reference.linear_backward_relu(d, w2, a), what="linear_backward_relu")
+    dw, db = ops.weight_grad(put(eng, a), put(eng, d), w_out=nan_out(eng, (h_, c_)), b_out=nan_out(eng, (c_,)))
+    ref_dw, ref_db = reference.weight_grad(a, d)
+    assert_close(eng.to_host(dw), ref_dw, what="dW")
+    assert_close(eng.to_host(db), ref_db, what="db")
+
+
+def test_fused_ops_refuse_bad_arguments_in_one_line(eng, rng):
+    x, w, b = put(eng, rand(rng, 4, 3)), put(eng, rand(rng, 3, 5)), put(eng, rand(rng, 5))
+    out = put(eng, rand(rng, 4, 5))
+    cases = [
+        (lambda: ops.linear_relu(x, w, b, out=put(eng, rand(rng, 4, 6))), ValueError, "out must have shape (4, 5)"),
+        (lambda: ops.linear_relu(x, put(eng, rand(rng, 2, 5)), b, out=out), ValueError, "w must have 3 rows"),
+        (lambda: ops.linear_relu(x, w, put(eng, rand(rng, 5).astype(np.float64)), out=out), TypeError, "b must be float32"),
+        (lambda: ops.linear_relu(put(eng, rand(rng, 3, 4)).T, w, b, out=out), ValueError, "x must be C-contiguous"),
+        (lambda: ops.linear_backward_relu(out, w, x, out=x), ValueError, "out must not be act"),
+        (lambda: ops.weight_grad(put(eng, rand(rng, 4, 0)), out, w_out=eng.empty((0, 5)), b_out=eng.empty((5,))),
+         ValueError, "inp must have at least one column"),
+        (lambda: ops.linear_softmax_ce(x, w, b, put(eng, np.zeros(3, np.int32)), logits_out=out, grad_out=out),
+         ValueError, "labels must have shape (4,)"),
+        (lambda: ops.linear_softmax_ce(x, w, b, put(eng, np.zeros(4, np.int32)), logits_out=out, grad_out=out, stats=object()),
+         TypeError, "stats must be an ops.StepStats"),
+    ]
+    for call, kind, message in cases:
+        with pytest.raises(kind) as exc:
+            call()
+        assert message in str(exc.value) and "\n" not in str(exc.value), (message, str(exc.value))
