@@ -429,15 +429,11 @@ def linear_softmax_ce(a, w, b, labels, z, dz, row_loss, loss, counters, sums, *,
     [sum of row losses, sum of step means]; ``counters[3]`` must be 0 (the kernel leaves it so).
     ``threads``: a power of two per row block; C <= 1024.
     """
-    check_threads("threads", threads, power_of_two=True)
     rows, hidden = a.shape
-    if rows == 0:
-        raise ValueError("a: the mean loss of zero rows is undefined; pass at least one row")
     if w.shape[0] != hidden:
         raise ValueError(f"w: must have {hidden} rows (a is {rows}x{hidden}), got {w.shape[0]}x{w.shape[1]}")
     classes = w.shape[1]
-    if not 1 <= classes <= MAX_CLASSES:
-        raise ValueError(f"w: must have 1..{MAX_CLASSES} columns (classes), got {classes}")
+    launch = softmax_ce_launch(rows, classes, threads, accumulate, stream)  # checks rows, classes, threads
     if b.shape != (classes,):
         raise ValueError(f"b: must have shape ({classes},), got {tuple(b.shape)}")
     if labels.shape != (rows,):
@@ -446,13 +442,19 @@ def linear_softmax_ce(a, w, b, labels, z, dz, row_loss, loss, counters, sums, *,
                              ("loss", loss, (1,)), ("counters", counters, (4,)), ("sums", sums, (2,))):
         if tuple(arr.shape) != shape:
             raise ValueError(f"{name}: must have shape {shape}, got {tuple(arr.shape)}")
-    softmax_ce_launch(rows, threads, accumulate, stream)(a, w, b, labels, z, dz, row_loss, loss, counters, sums)
+    launch(a, w, b, labels, z, dz, row_loss, loss, counters, sums)
 
 
-def softmax_ce_launch(rows, threads, accumulate, stream=0):
-    """The launch of the loss kernel for ``rows`` rows: one block of ``threads`` per row (rows past
-    ``MAX_ROW_BLOCKS`` loop inside the kernel). Called with the arguments of
-    :func:`linear_softmax_ce`, in its order."""
+def softmax_ce_launch(rows, classes, threads, accumulate, stream=0):
+    """The launch of the loss kernel for ``rows`` rows of ``classes`` logits: one block of
+    ``threads`` per row (rows past ``MAX_ROW_BLOCKS`` loop inside the kernel). Called with the
+    arguments of :func:`linear_softmax_ce`, in its order. The limits are checked here, once per
+    shape: at least one row, 1..MAX_CLASSES classes, a power-of-two thread count."""
+    check_threads("threads", threads, power_of_two=True)
+    if rows == 0:
+        raise ValueError("a: the mean loss of zero rows is undefined; pass at least one row")
+    if not 1 <= classes <= MAX_CLASSES:
+        raise ValueError(f"w: must have 1..{MAX_CLASSES} columns (classes), got {classes}")
     return Launch(softmax_ce_kernel(threads, bool(accumulate)), min(rows, MAX_ROW_BLOCKS), threads, stream)
 
 

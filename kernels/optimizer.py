@@ -56,7 +56,7 @@ def sgd_momentum(param, grad, velocity, lr, momentum, weight_decay, nesterov, *,
     sgd_launch(n, nesterov, threads=threads, max_blocks=max_blocks, stream=stream)(*flat, *hyper_args(lr, momentum, weight_decay))
 
 
-def sgd_launch(n, nesterov, *, threads=256, max_blocks=None, stream=0):
+def sgd_launch(n, nesterov, threads=256, max_blocks=None, stream=0):
     """The launch of one SGD step over ``n`` (> 0) elements, a grid-stride loop: called as
     ``launch(param, grad, velocity, *hyper_args(lr, momentum, weight_decay))`` on flat arrays."""
     return Launch(sgd_kernel(bool(nesterov)), grid_stride_blocks(n, threads, max_blocks), threads, stream)

@@ -173,7 +173,7 @@ def _run_command(argv) -> int:
         print(f"rawgpu: error: out of memory ({detail}); lower --hidden or --batch-size", file=sys.stderr)
         return 1
     except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
-        if _interrupts.seen:  # a Ctrl-C that surfaced inside C code as some other error
+        if _Interrupts.seen:  # a Ctrl-C that surfaced inside C code as some other error
             raise KeyboardInterrupt from None
         # DataError, CheckpointError and OutputError are ValueErrors; their messages name the file or flag.
         print(f"rawgpu: error: {exc}", file=sys.stderr)
@@ -206,13 +206,11 @@ class _Interrupts:
         return None
 
 
-_interrupts = _Interrupts
-
 
 def main(argv=None) -> int:
     """The command, as a function: returns the exit status. Ctrl-C at any moment, even while
     modules load, is one line and status 130."""
-    previous = _interrupts.install()
+    previous = _Interrupts.install()
     try:
         code = _run_command(argv)
     except KeyboardInterrupt:
@@ -220,7 +218,7 @@ def main(argv=None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    if code == INTERRUPTED or _interrupts.seen:
+    if code == INTERRUPTED or _Interrupts.seen:
         print("rawgpu: interrupted", file=sys.stderr)
         return INTERRUPTED
     return code

@@ -8,6 +8,19 @@ from rawgpu import ops
 from rawgpu.model import PARAM_NAMES
 
 
+def _setting(name):
+    """``opt.lr`` and its kin: read from ``opt.settings``; setting one (a schedule lowering the
+    learning rate, say) checks the new settings once and takes effect at the next step."""
+
+    def get(self):
+        return getattr(self.settings, name)
+
+    def set(self, value):
+        self.settings = ops.sgd_settings(**{**self.settings._asdict(), name: value})
+
+    return property(get, set, doc=f"The optimizer's {name}.")
+
+
 class SGD:
     """Stochastic gradient descent with momentum, weight decay and optional Nesterov momentum.
 
@@ -23,13 +36,15 @@ class SGD:
     """
 
     def __init__(self, model, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
-        # Checked once, here: every step passes them on as they are.
+        # Checked once, here (and again only when one is changed, below): every step passes them
+        # on as they are.
         self.settings = ops.sgd_settings(lr, momentum, weight_decay, nesterov)
-        self.lr, self.momentum, self.weight_decay, self.nesterov = self.settings
         self.model = model
         # One flat velocity, laid out like the model's flat parameters: one launch per step.
         self.flat_velocity = model.engine.zeros(model.flat_params.shape)
         self.velocity = model.views(self.flat_velocity)
+
+    lr, momentum, weight_decay, nesterov = (_setting(name) for name in ops.SGDSettings._fields)
 
     def step(self) -> None:
         """Update every parameter in place from ``model.grads``: one kernel launch for all four."""

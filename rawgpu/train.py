@@ -71,14 +71,7 @@ class TrainConfig:
         for name in ("batch_size", "hidden"):  # the kernels index with 32-bit integers
             if getattr(self, name) > MAX_SIZE:
                 raise ValueError(f"{name.replace('_', '-')} {getattr(self, name)} is more than {MAX_SIZE}, the largest size the kernels index")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        for name in ("momentum", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov needs momentum > 0")
+        ops.sgd_settings(self.lr, self.momentum, self.weight_decay, self.nesterov)  # the optimizer's own checks
 
 
 def prepare_images(images: np.ndarray) -> np.ndarray:

@@ -147,6 +147,24 @@ def test_a_step_does_not_check_the_hyperparameters_again(sim, rng, monkeypatch):
         ops.sgd_settings(0.1, 0.9, nesterov="no")
 
 
+def test_changing_a_hyperparameter_checks_it_once_and_takes_effect():
+    """A schedule that sets ``opt.lr`` must not be ignored by a step that reuses checked settings."""
+    rawgpu.use("numpy")
+    model = rawgpu.TwoLayerMLP(3, 2, 2, seed=0)
+    opt = rawgpu.SGD(model, lr=0.1, momentum=0.0)
+    opt.lr = 0.5
+    assert opt.lr == 0.5 and opt.settings.lr == 0.5 and opt.settings.momentum == 0.0
+    model.flat_grads[...] = 1.0
+    before = model.flat_params.copy()
+    opt.step()
+    assert np.allclose(before - model.flat_params, 0.5)  # v = g = 1, p -= lr * v
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        opt.lr = -1.0
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        opt.nesterov = True
+    assert opt.settings == (0.5, 0.0, 0.0, False)  # a refused change leaves the settings as they were
+
+
 @pytest.mark.sim
 def test_the_fused_step_matches_the_float64_reference(sim, rng):
     model = rawgpu.TwoLayerMLP(11, 6, 4, seed=2)
@@ -316,3 +334,15 @@ def test_a_specialised_launch_configures_its_kernel_once(monkeypatch):
     plain(5)
     plain(6)
     assert [entry[0] for entry in log] == ["configure", "launch", "configure", "launch"]
+
+
+@pytest.mark.sim
+def test_the_loss_kernels_class_limit_holds_on_the_step_path(sim, rng, monkeypatch):
+    """The launchers check a shape's limits once, when they plan its launch, not at every step."""
+    from rawgpu.kernels import fused
+
+    monkeypatch.setattr(fused, "MAX_CLASSES", 2)
+    model = rawgpu.TwoLayerMLP(4, 3, 3, seed=0)
+    x, y = _batch(sim, rng, 2, 4, 3)
+    with pytest.raises(ValueError, match=r"must have 1\.\.2 columns \(classes\), got 3"):
+        model.loss_and_grads(x, y)

@@ -68,7 +68,7 @@ class KernelBackend:
         self.name = "sim" if simulator else "cuda"
         self.settings = LAUNCH[self.name]
         self._scratch: dict = {}
-        self._launches: dict = {}  # (kernel, shape, ..., stream) -> its Launch: see _launch below
+        self._launches: dict = {}  # (plan function, its arguments) -> the Launch: see _launch below
         self.matmul_picks: dict = {}  # (m, n, k, trans_a, trans_b) -> (variant, config, reason)
         self._gpu = None
         if simulator:
@@ -192,22 +192,23 @@ class KernelBackend:
     # it to the argument types (Numba then skips its per-launch type dispatch) and keeps it; every
     # later call is a dict lookup, the arguments' views, and the launch.
 
-    def _launch(self, key, plan, args):
+    def _launch(self, args, plan, *plan_args):
+        """Launch ``args``; the launch is ``plan(*plan_args)``, made on the first call with these
+        plan arguments (the kernel's shape, configuration and stream) and kept."""
+        key = (plan, *plan_args)
         launch = self._launches.get(key, _UNPLANNED)
         if launch is _UNPLANNED:
             if len(self._launches) >= 1024:  # a run needs a handful; this bounds odd callers
                 self._launches.clear()
-            launch = plan()  # None: an empty output, nothing to launch
+            launch = plan(*plan_args)  # None: an empty output, nothing to launch
             launch = self._launches[key] = None if launch is None else launch.specialised(*args)
         if launch is not None:
             launch(*args)
 
     def _tiled(self, epilogue, a, b, c, e):
         """One fused matmul ``c = op(a) @ op(b)`` whose epilogue reads or writes ``e``."""
-        v, stream = self._view, self._stream()
-        m, n = c.shape
-        self._launch((epilogue, m, n, stream), lambda: fused.tiled_launch(epilogue, self.settings["fused"], m, n, stream),
-                     (v(a), v(b), v(c), v(e)))
+        v = self._view
+        self._launch((v(a), v(b), v(c), v(e)), fused.tiled_launch, epilogue, self.settings["fused"], *c.shape, self._stream())
 
     def linear_relu(self, x, w, b, out):
         self._tiled(fused.BIAS_RELU, x, w, out, b)
@@ -221,10 +222,9 @@ class KernelBackend:
         # Evaluation counts nothing (accumulate=False), but the kernel still finds its last block
         # with a counter that must start at 0: the training counters are not to be touched.
         counters, sums = (stats.counters, stats.sums) if stats is not None else self._eval_counters()
-        accumulate, threads = stats is not None, self.settings["fused_threads"]
-        v, stream = self._view, self._stream()
-        self._launch(("softmax_ce", rows, accumulate, stream), lambda: fused.softmax_ce_launch(rows, threads, accumulate, stream),
-                     (v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums)))
+        v = self._view
+        self._launch((v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums)),
+                     fused.softmax_ce_launch, rows, w.shape[1], self.settings["fused_threads"], stats is not None, self._stream())
         return result.reshape(())
 
     def _eval_counters(self):
@@ -243,10 +243,10 @@ class KernelBackend:
         if n == 0:
             return
         lr, momentum, weight_decay, nesterov = settings
-        v, stream, threads = self._view, self._stream(), self.settings["threads"]
+        v = self._view
         # The update does not care about the shape: it runs over the flat (contiguous) buffers.
         args = (v(param.reshape(n)), v(grad.reshape(n)), v(velocity.reshape(n)), *optimizer.hyper_args(lr, momentum, weight_decay))
-        self._launch(("sgd", n, nesterov, stream), lambda: optimizer.sgd_launch(n, nesterov, threads=threads, stream=stream), args)
+        self._launch(args, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream())
 
     def correct_count(self, logits, labels):
         count = self.xp.zeros((1,), np.int32)
