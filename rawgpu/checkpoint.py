@@ -18,12 +18,14 @@ import hashlib
 import json
 import math
 import os
+import stat
 import zipfile
 import zlib
 
 import numpy as np
 
 from rawgpu.atomic import atomic_file
+from rawgpu.outputs import writing
 
 FILENAME = "checkpoint.npz"
 FORMAT = "rawgpu-checkpoint-2"
@@ -66,7 +68,7 @@ def save(directory, *, params: dict, velocity: dict, meta: dict) -> str:
     # allow_nan=False: the header is strict JSON, readable by any JSON parser.
     arrays["meta"] = np.array(json.dumps(header, sort_keys=True, allow_nan=False))
     final = path_in(directory)
-    with atomic_file(final) as fh:
+    with writing("--checkpoint-dir", final), atomic_file(final) as fh:  # a full disk: one line naming the file
         np.savez(fh, **arrays)
     return final
 
@@ -132,9 +134,13 @@ def _check_arrays(kind: str, arrays: dict, arch: dict, path) -> None:
 def load(directory) -> tuple[dict, dict, dict]:
     """Read ``(params, velocity, meta)`` from the checkpoint in ``directory``, checking everything."""
     path = path_in(directory)
-    if not os.path.exists(path):
-        raise CheckpointError(f"no checkpoint to resume from: {path} does not exist (train once with --checkpoint-dir first)")
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint to resume from: {path} does not exist (train once with --checkpoint-dir first)") from None
+    if not stat.S_ISREG(st.st_mode):  # before opening it: a pipe would block the open forever
+        raise _refuse(path, "it is not a regular file (a pipe, a device, a folder or a symbolic link)")
+    if st.st_size == 0:
         raise _refuse(path, "it is empty (0 bytes), not a checkpoint")
     try:
         with np.load(path, allow_pickle=False) as data:

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--metrics", metavar="FILE", help="JSON lines: one record per epoch, and one every --log-every steps")
     out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch")
     out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced)")
+    out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced), and let --plot replace a PNG rawgpu did not write")
     out.add_argument("--plot", metavar="FILE", help="a PNG of the loss and accuracy curves (needs the plot extra)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar (the running loss is printed every --log-every steps instead)")
     out.add_argument("--log-every", metavar="N", type=number_arg(int, minimum=1), default=100, help="steps between running-loss records (default 100)")
@@ -109,7 +109,7 @@ def _train(args) -> int:
     # Every output is checked before the data is loaded (a download is work too); train() checks
     # them again against the data files it reads, then locks the checkpoint folder.
     outputs.check_file(args.metrics, "--metrics", "metrics")
-    outputs.check_file(args.plot, "--plot", "plot")
+    outputs.check_file(args.plot, "--plot", "plot", overwrite=args.overwrite)
     outputs.prepare_folder(args.checkpoint_dir, "--checkpoint-dir")
     outputs.prepare_folder(args.tensorboard, "--tensorboard")
     if args.tensorboard is not None:

@@ -6,6 +6,7 @@ import json
 import os
 
 from rawgpu.atomic import atomic_file
+from rawgpu.outputs import PLOT_SOFTWARE, writing
 
 
 def require_matplotlib():
@@ -20,10 +21,16 @@ def require_matplotlib():
     return plt
 
 
-def save_figure(fig, path) -> None:
-    """Write a figure atomically (temporary file, then rename), so no half-written PNG is left."""
-    with atomic_file(path) as fh:
-        fig.savefig(fh, dpi=120, format="png")
+def save_figure(fig, path, flag: str = "--plot") -> None:
+    """Write a figure atomically (temporary file, then rename), so no half-written PNG is left.
+
+    The PNG carries the text ``Software: rawgpu <version>``: that is how a later run knows the
+    file is a plot of ours that it may replace (:func:`rawgpu.outputs.check_file`).
+    """
+    from rawgpu import __version__
+
+    with writing(flag, path), atomic_file(path) as fh:
+        fig.savefig(fh, dpi=120, format="png", metadata={"Software": f"{PLOT_SOFTWARE} {__version__}"})
 
 
 def plot_metrics(metrics_path, records, path) -> None:

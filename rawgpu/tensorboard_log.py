@@ -39,6 +39,8 @@ import numbers
 import os
 import time
 
+from rawgpu.outputs import writing
+
 EXTRA = "pip install 'rawgpu[tensorboard]'"
 
 # Tags, in one place so the trainer, the tests and the README agree.
@@ -168,7 +170,8 @@ class TensorBoardLog:
                 f"--tensorboard {self.logdir}: cannot write event files there ({exc.strerror or exc}); choose a writable folder"
             ) from None
         # The file is named by the second, host, process and a counter: two runs never share one.
-        self._writer = EventFileWriter(self.logdir, flush_secs=flush_secs)
+        with writing("--tensorboard", self.logdir):
+            self._writer = EventFileWriter(self.logdir, flush_secs=flush_secs)
         self._closed = False
         start = self._last_step = 0
         if purge_step is not None:
@@ -184,7 +187,8 @@ class TensorBoardLog:
 
     def _add(self, summary, step: int) -> None:
         self._last_step = max(self._last_step, int(step))
-        self._writer.add_event(self._Event(wall_time=time.time(), step=int(step), summary=summary))
+        with writing("--tensorboard", self.logdir):  # a full disk: one line naming the folder
+            self._writer.add_event(self._Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def step(self, global_step: int, train_loss: float) -> None:
         """The training loss at ``global_step`` (a host float, read from the device every N steps)."""
@@ -197,7 +201,8 @@ class TensorBoardLog:
             value = record.get(key)
             if isinstance(value, numbers.Real) and not isinstance(value, bool):  # NaN too: a diverged run shows
                 self._add(_scalar(tag, value), global_step)
-        self._writer.flush()  # an open TensorBoard shows the epoch now, not flush_secs later
+        with writing("--tensorboard", self.logdir):
+            self._writer.flush()  # an open TensorBoard shows the epoch now, not flush_secs later
 
     def close(self, completed: bool = True) -> None:
         """Flush and close the event file; mark the HPARAMS session finished only if ``completed``."""
@@ -206,7 +211,8 @@ class TensorBoardLog:
         self._closed = True
         if completed:
             self._add(self._session_end, self._last_step)
-        self._writer.close()
+        with writing("--tensorboard", self.logdir):
+            self._writer.close()
 
     def __enter__(self):
         return self

@@ -33,7 +33,7 @@ import numpy as np
 
 from rawgpu import checkpoint as ckpt
 from rawgpu import engine as _engine
-from rawgpu import memory, ops, outputs
+from rawgpu import memory, metrics_file, ops, outputs
 from rawgpu.atomic import atomic_file
 from rawgpu.graphs import StepGraphs, training_stream
 from rawgpu.model import TwoLayerMLP
@@ -175,13 +175,18 @@ def _restore_metrics(path, history: list) -> None:
     from the file for those epochs only, each epoch's steps before its epoch record.
     """
     done = len(history)
-    steps = [r for r in _read_records(path) if isinstance(r, dict) and "step" in r and r.get("epoch", done + 1) <= done]
+    found = _read_records(path)
+    # An epoch whose record in the file is not the checkpoint's is another run's (a fresh run
+    # killed before its first epoch record replaced an older file): its steps are not ours.
+    other = {r["epoch"] for r in found if "step" not in r and r["epoch"] <= done and r != history[r["epoch"] - 1]}
+    steps = [r for r in found if "step" in r and r["epoch"] <= done and r["epoch"] not in other]
     ordered = sorted(steps + history, key=lambda r: (r["epoch"], "step" not in r, r.get("step", 0)))
     with atomic_file(path, "w") as fh:
         fh.writelines(_json_line(r) for r in ordered)
 
 
 def _append_metrics(path, record: dict, *, durable: bool = True) -> None:
+    outputs.PathLock.verify_held()  # a run whose lock file was removed stops before it writes
     with open(path, "a") as fh:
         fh.write(_json_line(record))
         if durable:  # epoch records: on disk before the run goes on (step records need not be)
@@ -264,16 +269,17 @@ def train(
     metrics_path = outputs.check_file(metrics_path, "--metrics", "metrics")
     checkpoint_dir = outputs.prepare_folder(checkpoint_dir, "--checkpoint-dir")
     files = {"--metrics": metrics_path, **(other_outputs or {})}
-    if checkpoint_dir is not None:
-        files["--checkpoint-dir"] = ckpt.path_in(checkpoint_dir)
+    if checkpoint_dir is not None:  # a pipe there would hang --resume; a long folder name, the save
+        files["--checkpoint-dir"] = outputs.check_file(ckpt.path_in(checkpoint_dir), "--checkpoint-dir")
     inputs = {f"{role.replace('_', ' ')} file": path for role, path in getattr(dataset, "files", {}).items()}
     outputs.check_distinct(files, inputs)
 
-    lock = outputs.FolderLock(checkpoint_dir, "--checkpoint-dir") if checkpoint_dir is not None else None
+    locks = outputs.lock_outputs({"--metrics": metrics_path}, {"--checkpoint-dir": checkpoint_dir, "--tensorboard": tensorboard})
+    locked = {metrics_path, files.get("--checkpoint-dir")}  # what the locks cover
     try:
         for path in files.values():
             if path is not None:
-                outputs.clean_stale_temps(path, locked=lock is not None)
+                outputs.clean_stale_temps(path, locked=path in locked)
         if checkpoint_dir is not None and not resume and not overwrite and os.path.exists(ckpt.path_in(checkpoint_dir)):
             raise outputs.OutputError(
                 f"--checkpoint-dir {checkpoint_dir} already holds a checkpoint ({ckpt.path_in(checkpoint_dir)}); "
@@ -281,8 +287,9 @@ def train(
             )
         return _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every, tensorboard, graphs)
     finally:
-        if lock is not None:
-            lock.release()
+        if metrics_path is not None:  # a fresh run stopped before its first epoch record: its file goes
+            outputs.clean_stale_temps(metrics_path, locked=True)
+        outputs.release_all(locks)
 
 
 def _open_tensorboard(folder, config, dataset_id, eng, done: int, steps: int):
@@ -307,13 +314,14 @@ class _Run:
     test_split: DeviceSplit
     dataset_id: dict
     steps: int  # per epoch
-    metrics_path: str | None
+    metrics_path: str | None  # where records are appended (a fresh run: a temporary file, until its first epoch)
     checkpoint_dir: str | None
     progress: bool
     log: object
     log_every: int
     graphs: StepGraphs | None = None  # CUDA graphs of the steps (cuda engine)
     tb: object = None  # the TensorBoard log, where asked for
+    metrics_final: str | None = None  # a fresh run's --metrics, replaced by metrics_path at its first epoch record
 
 
 def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None, graphs=None) -> list[dict]:
@@ -345,8 +353,9 @@ def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, l
 def _start(run: _Run, resume: bool) -> tuple[int, list]:
     """A fresh start, or the state of the checkpoint: (epochs done, their metrics records)."""
     if not resume:
-        if run.metrics_path is not None:
-            open(run.metrics_path, "w").close()  # a fresh run starts a fresh metrics file
+        if run.metrics_path is not None:  # the old file stays whole until this run's first epoch record
+            with outputs.writing("--metrics", run.metrics_path):
+                run.metrics_final, run.metrics_path = run.metrics_path, metrics_file.start_fresh(run.metrics_path)
         return 0, []
     params, velocity, meta = ckpt.load(run.checkpoint_dir)
     _check_resumable(meta, run.model, run.dataset_id, run.config, run.checkpoint_dir, run.log)
@@ -354,7 +363,8 @@ def _start(run: _Run, resume: bool) -> tuple[int, list]:
     run.opt.load_state_dict(velocity)
     run.log(f"resumed from {ckpt.path_in(run.checkpoint_dir)} after epoch {meta['epochs_done']}")
     if run.metrics_path is not None:
-        _restore_metrics(run.metrics_path, meta["history"])  # drops epochs a killed run logged past its checkpoint
+        with outputs.writing("--metrics", run.metrics_path):
+            _restore_metrics(run.metrics_path, meta["history"])  # drops epochs a killed run logged past its checkpoint
     return meta["epochs_done"], meta["history"]
 
 
@@ -415,7 +425,8 @@ def _train_epoch(run: _Run, epoch: int, done: int, bar, start: float, seen: dict
 def _log_step(run: _Run, epoch: int, global_step: int, running: float) -> None:
     """A step record: the mean loss of the last log_every steps, to every log the run keeps."""
     if run.metrics_path is not None:
-        _append_metrics(run.metrics_path, {"epoch": epoch, "step": global_step, "train_loss": running}, durable=False)
+        with outputs.writing("--metrics", run.metrics_final or run.metrics_path):
+            _append_metrics(run.metrics_path, {"epoch": epoch, "step": global_step, "train_loss": running}, durable=False)
     if run.tb is not None:
         run.tb.step(global_step, running)
     if not run.progress:
@@ -447,6 +458,7 @@ def _evaluate(run: _Run, epoch: int, loss_sum: float, seconds: float, bar) -> di
 def _save_epoch(run: _Run, epoch: int, record: dict, history: list) -> None:
     # The checkpoint first, then the metrics line: a kill between the two leaves a metrics
     # file one epoch behind, which the next --resume restores from the checkpoint's history.
+    outputs.PathLock.verify_held()
     if run.checkpoint_dir is not None:
         ckpt.save(
             run.checkpoint_dir,
@@ -458,6 +470,10 @@ def _save_epoch(run: _Run, epoch: int, record: dict, history: list) -> None:
             },
         )
     if run.metrics_path is not None:
-        _append_metrics(run.metrics_path, record)
+        with outputs.writing("--metrics", run.metrics_final or run.metrics_path):
+            _append_metrics(run.metrics_path, record)
+            if run.metrics_final is not None:  # a fresh run's first epoch record is on disk: now it replaces the old file
+                metrics_file.commit(run.metrics_path, run.metrics_final)
+                run.metrics_path, run.metrics_final = run.metrics_final, None
     if run.tb is not None:
         run.tb.epoch(epoch, epoch * run.steps, record)

@@ -71,8 +71,8 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert resumed[0]["test_accuracy"] == straight[2]["test_accuracy"]
     params, velocity, meta = ckpt.load(tmp_path)
     assert meta["epochs_done"] == 3 and set(params) == {"W1", "b1", "W2", "b2"} == set(velocity)
-    # no temporary files left; the lock file stays (an unlocked flock is no lock)
-    assert sorted(os.listdir(tmp_path)) == [".rawgpu.lock", ckpt.FILENAME]
+    # no temporary files left, and no lock file: the run removes it as it lets go of the lock
+    assert sorted(os.listdir(tmp_path)) == [ckpt.FILENAME]
 
 
 def test_resume_of_another_architecture_is_refused_and_untouched(tmp_path):
