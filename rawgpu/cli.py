@@ -117,6 +117,7 @@ def _train(args) -> int:
 
         require_tensorboard()
     ckpt_file = os.path.join(args.checkpoint_dir, "checkpoint.npz") if args.checkpoint_dir else None
+    outputs.check_file(ckpt_file, "--checkpoint-dir")  # a pipe there would hang --resume; a long name fail the save
     outputs.check_distinct({"--metrics": args.metrics, "--plot": args.plot, "--checkpoint-dir": ckpt_file}, {})
     if args.plot is not None:
         from rawgpu.plot import require_matplotlib

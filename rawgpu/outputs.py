@@ -121,10 +121,11 @@ def _check_name(path: str, flag: str) -> None:
     if base in ("", ".", ".."):
         raise OutputError(f"{flag} {path} names a folder (it ends in {base or '/'}); give a file name")
     folder = os.path.dirname(os.path.abspath(path)) or "."
-    limits = (("PC_NAME_MAX", len(os.fsencode(base)), "name"), ("PC_PATH_MAX", len(os.fsencode(os.path.abspath(path))), "path"))
-    for limit_name, length, what in limits:
+    # NAME_MAX counts the bytes of a name; PATH_MAX counts a path's terminating NUL byte too.
+    limits = (("PC_NAME_MAX", len(os.fsencode(base)), "name", 0), ("PC_PATH_MAX", len(os.fsencode(os.path.abspath(path))), "path", 1))
+    for limit_name, length, what, nul in limits:
         try:
-            limit = os.pathconf(folder, limit_name)
+            limit = os.pathconf(folder, limit_name) - nul
         except (OSError, ValueError):
             continue  # no such folder (said below), or no limit to tell
         if limit > 0 and length + TEMP_EXTRA > limit:

@@ -4,6 +4,7 @@ at the wrong place, kill it, or feed it a broken checkpoint.
 Each test here failed on the code before issue 7: the case is named in its docstring.
 """
 
+import errno
 import gzip
 import json
 import os
@@ -161,6 +162,247 @@ def test_check_distinct_names_the_input(tmp_path):
     data_file.write_bytes(b"x")
     with pytest.raises(OutputError, match=r"--metrics .* is the run's input train images file"):
         check_distinct({"--metrics": str(tmp_path / "." / "train-images-idx3-ubyte")}, {"train images file": str(data_file)})
+
+
+# --- issue 16: what rawgpu replaces, what it locks, and what a failed write says ---------------
+
+EPOCH_RECORD = {"epoch": 1, "train_loss": 0.5, "test_loss": 0.6, "test_accuracy": 0.8, "seconds": 1.0, "samples_per_s": 40.0}
+STEP_RECORD = {"epoch": 1, "step": 100, "train_loss": 0.5}
+
+
+@pytest.mark.parametrize("content", [
+    "\nmy notes\n",  # a blank first line, then notes
+    '{"epoch": 3, "loss": 0.1, "lr": 0.01}\n',  # another tool's JSON log with an epoch key
+    json.dumps(EPOCH_RECORD) + "\nnotes of my own\n",  # a rawgpu-looking first line, then not JSON
+    json.dumps(EPOCH_RECORD) + "\n" + json.dumps(dict(EPOCH_RECORD, epoch=2, test_loss=float("nan"))) + "\n",
+    json.dumps(dict(EPOCH_RECORD, epoch="1")) + "\n",
+    json.dumps(dict(STEP_RECORD, step=1.5)) + "\n",
+    json.dumps(dict(EPOCH_RECORD, note="kept")) + "\n",
+    '{"epoch": 1}',  # a whole line without its newline is no torn record
+])
+def test_a_metrics_file_is_replaced_only_if_every_line_is_a_rawgpu_record(capsys, tmp_path, content):
+    """Each of these was accepted, and emptied, by a fresh run: only the first line was looked at."""
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text(content)
+    before = snapshot(metrics)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--metrics", str(metrics))
+    assert_short_error(code, err, "--metrics", "is not a rawgpu metrics file (line ")
+    assert "engine:" not in err and snapshot(metrics) == before
+
+
+def test_a_metrics_file_of_rawgpu_records_with_a_torn_last_line_is_ours(tmp_path):
+    from rawgpu import metrics_file
+
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text(json.dumps(STEP_RECORD) + "\n" + json.dumps(EPOCH_RECORD) + "\n" + json.dumps(STEP_RECORD)[:20])
+    assert metrics_file.file_problem(metrics) is None
+    metrics.write_text("")
+    assert metrics_file.file_problem(metrics) is None
+
+
+def test_a_fresh_run_that_fails_leaves_the_old_metrics_whole(capsys, tmp_path):
+    """A fresh run emptied the old metrics file at its start; diverging at epoch 1, it lost them."""
+    metrics = tmp_path / "m.jsonl"
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--metrics", str(metrics))
+    assert code == 0, err
+    before = snapshot(metrics)
+    code, _, err = run(capsys, "train", *SAMPLE, "--lr", "1e30", "--batch-size", "100000", "--epochs", "1", "--metrics", str(metrics))
+    assert_short_error(code, err, "non-finite")
+    assert snapshot(metrics) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]  # no temporary file, no lock file left
+    # A fresh run that gets through its first epoch replaces the file, atomically, with its own.
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--metrics", str(metrics), "--log-every", "1")
+    assert code == 0, err
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records if "step" not in r] == [1] and any("step" in r for r in records)
+
+
+def test_a_fresh_run_killed_before_its_first_epoch_record_keeps_another_runs_steps_out(capsys, tmp_path, monkeypatch):
+    """The kill between a fresh run's first checkpoint and its metrics rename: on --resume the old
+    file's step records of epoch 1 belong to another run and must not join this run's."""
+    from rawgpu import metrics_file
+
+    metrics, ck = tmp_path / "m.jsonl", tmp_path / "ck"
+    old = [dict(STEP_RECORD, step=1, train_loss=99.0), dict(EPOCH_RECORD, train_loss=99.0)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in old))
+
+    def killed(pending, path):
+        raise KeyboardInterrupt  # the process dies after the checkpoint, before the rename
+
+    real_commit = metrics_file.commit
+    monkeypatch.setattr(metrics_file, "commit", killed)
+    code, _, _ = run(capsys, "train", *SAMPLE, "--epochs", "2", "--checkpoint-dir", str(ck), "--metrics", str(metrics), "--log-every", "1")
+    assert code == 130 and [json.loads(line) for line in metrics.read_text().splitlines()] == old
+    monkeypatch.setattr(metrics_file, "commit", real_commit)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--checkpoint-dir", str(ck), "--metrics", str(metrics), "--resume")
+    assert code == 0, err
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records if "step" not in r] == [1, 2]
+    assert all(r["train_loss"] != 99.0 for r in records)
+
+
+def _foreign_png(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(path, format="png")  # matplotlib's own "Software" text, not rawgpu's
+    plt.close(fig)
+
+
+def test_a_png_that_rawgpu_did_not_write_needs_overwrite(capsys, tmp_path):
+    """--plot replaced any PNG: only the 8-byte signature was looked at."""
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "photo.png"
+    _foreign_png(plot)
+    before = snapshot(plot)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--plot", str(plot))
+    assert_short_error(code, err, "--plot", "a PNG that rawgpu did not write", "--overwrite")
+    assert "engine:" not in err and snapshot(plot) == before
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--plot", str(plot), "--overwrite")
+    assert code == 0, err
+    assert b"Software\x00rawgpu" in plot.read_bytes()
+    # Its own plot, rawgpu replaces without being asked.
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--plot", str(plot))
+    assert code == 0, err
+
+
+def _hold(code: str, *args):
+    """A process that runs ``code`` (which takes a lock), prints 'locked' and then waits."""
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys, time\n{code}\nprint('locked', flush=True)\ntime.sleep(60)", *args],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@pytest.mark.parametrize("flag", ["--metrics", "--tensorboard"])
+def test_two_runs_on_one_metrics_file_or_tensorboard_folder(capsys, tmp_path, flag):
+    """Two runs sharing one --metrics file both succeeded and interleaved their epochs."""
+    if flag == "--tensorboard":
+        pytest.importorskip("tensorboard")
+    target = tmp_path / ("m.jsonl" if flag == "--metrics" else "tb")
+    lock = ("from rawgpu.outputs import lock_outputs; lock_outputs({'--metrics': sys.argv[1]}, {})" if flag == "--metrics"
+            else "from rawgpu.outputs import FolderLock; FolderLock(sys.argv[1], '--tensorboard')")
+    if flag == "--tensorboard":
+        target.mkdir()
+    holder = _hold(lock, str(target))
+    try:
+        code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", flag, str(target))
+        assert_short_error(code, err, f"{flag} {target} is in use by another rawgpu run (process {holder.pid})")
+        assert not target.is_file() or target.read_text() == ""
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", flag, str(target))  # the lock died with its holder
+    assert code == 0, err
+
+
+def test_a_removed_lock_file_stops_its_run_before_the_next_write(capsys, tmp_path, monkeypatch):
+    """Deleting .rawgpu.lock while a run held it let a second run in, and both wrote on."""
+    from rawgpu import train as train_mod
+
+    ck, metrics = tmp_path / "ck", tmp_path / "m.jsonl"
+    real_append = train_mod._append_metrics
+
+    def append_then_lose_the_lock(path, record, **kw):
+        real_append(path, record, **kw)
+        if "step" not in record and record["epoch"] == 1:
+            os.unlink(ck / LOCK_NAME)  # someone removes it; another run could now take the lock
+
+    monkeypatch.setattr(train_mod, "_append_metrics", append_then_lose_the_lock)
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "3", "--checkpoint-dir", str(ck), "--metrics", str(metrics))
+    assert_short_error(code, err, f"--checkpoint-dir {ck}", "was removed or replaced while this run held it")
+    assert ckpt.load(ck)[2]["epochs_done"] == 1 and _epochs(metrics) == [1]
+
+
+def test_a_lock_checks_that_its_name_still_leads_to_the_locked_file(tmp_path, monkeypatch):
+    """Taking the lock: a file its last holder removed on letting go is no lock; the new one is taken."""
+    import fcntl
+
+    from rawgpu import outputs
+
+    real_flock, swapped = fcntl.flock, []
+
+    def flock_after_a_swap(fd, op):
+        if not swapped:  # between our open and our flock, the holder lets go: removes the file
+            swapped.append(True)
+            os.unlink(tmp_path / LOCK_NAME)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_swap)
+    lock = outputs.FolderLock(str(tmp_path), "--checkpoint-dir")
+    try:
+        assert os.fstat(lock.fd).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino
+    finally:
+        lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_pipe_in_place_of_the_checkpoint_does_not_hang_resume(tmp_path):
+    """A FIFO named checkpoint.npz made --resume wait forever in open()."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    os.mkfifo(ck / ckpt.FILENAME)
+    env = dict(os.environ, RAWGPU_DEVICE="numpy")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "rawgpu", "train", *SAMPLE, "--checkpoint-dir", str(ck), "--resume"],
+                              env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("--resume hung on a pipe")
+    assert_short_error(proc.returncode, proc.stderr, "is a pipe, not a regular file")
+    assert stat.S_ISFIFO(os.lstat(ck / ckpt.FILENAME).st_mode)
+    with pytest.raises(ckpt.CheckpointError, match="not a regular file"):
+        ckpt.load(ck)
+
+
+@pytest.mark.parametrize("flag", ["--metrics", "--checkpoint-dir", "--plot"])
+def test_a_full_disk_names_the_output_and_the_fix(capsys, tmp_path, monkeypatch, flag):
+    """A full disk surfaced as a bare "[Errno 28] No space left on device"."""
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    target = tmp_path / {"--metrics": "m.jsonl", "--checkpoint-dir": "ck", "--plot": "p.png"}[flag]
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)  # every durable write of rawgpu ends in an fsync
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", flag, str(target))
+    assert_short_error(code, err, f"{flag} {target}", "No space left on device", "the disk is full: free some space")
+
+
+def test_os_errors_name_the_output(tmp_path):
+    from rawgpu.outputs import OutputError, writing
+
+    with pytest.raises(OutputError, match=r"^--tensorboard tb: writing it failed \(Invalid argument\); the filesystem refused it"):
+        with writing("--tensorboard", "tb"):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+
+@pytest.mark.parametrize("flag, name, needle", [
+    ("--metrics", "m.jsonl/", "names a folder"),
+    ("--plot", "p.png/", "names a folder"),
+    ("--plot", "p" * 246 + ".png", "choose a name of at most 241 bytes"),
+    ("--metrics", "m" * 238 + ".jsonl", "choose a name of at most 241 bytes"),  # fresh runs took it; --resume could not
+])
+def test_output_names_are_checked_with_their_temporary_names_before_any_work(capsys, tmp_path, flag, name, needle):
+    """--metrics m.jsonl/ failed with [Errno 21] after loading the data, a long --plot name with
+    [Errno 36] after training, and a 244-character --metrics name only on --resume."""
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", flag, f"{tmp_path}/{name}")
+    assert_short_error(code, err, flag, needle)
+    assert "engine:" not in err and sorted(os.listdir(tmp_path)) == []
+
+
+def test_the_checkpoint_folders_temporary_name_is_checked_before_any_work(capsys, tmp_path):
+    """A checkpoint folder whose path fits, and so do the lock and probe files in it, but not the
+    checkpoint's temporary file (.checkpoint.npz.XXXXXXXX.tmp): it failed after the first epoch."""
+    deep = tmp_path
+    while len(os.fsencode(str(deep))) < 4070:
+        deep = deep / ("d" * min(200, 4070 - 1 - len(os.fsencode(str(deep)))))
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "1", "--checkpoint-dir", str(deep))
+    assert_short_error(code, err, "--checkpoint-dir")
+    assert "engine:" not in err
 
 
 # --- one run per checkpoint folder -------------------------------------------------------------
