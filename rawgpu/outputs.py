@@ -80,7 +80,7 @@ def _probe_folder(folder: str, flag: str, path, *, prefix: str = ".rawgpu-probe.
 
 def _metrics_problem(path: str, overwrite: bool) -> str | None:
     problem = metrics_file.file_problem(path)
-    return f"is not a rawgpu metrics file ({problem})" if problem else None
+    return f"is not a rawgpu metrics file ({problem}); rawgpu will not replace it: delete it or choose another name" if problem else None
 
 
 def _png_text(path: str) -> dict | None:
@@ -106,10 +106,10 @@ def _png_text(path: str) -> dict | None:
 def _plot_problem(path: str, overwrite: bool) -> str | None:
     text = _png_text(path)
     if text is None:
-        return "is not a PNG"
+        return "is not a PNG; rawgpu will not replace it: delete it or choose another name"
     if text.get("Software", "").startswith(PLOT_SOFTWARE) or overwrite:
         return None
-    return "is a PNG that rawgpu did not write (it has no 'Software: rawgpu' text); replace it with --overwrite"
+    return "is a PNG that rawgpu did not write (it has no 'Software: rawgpu' text); replace it with --overwrite, or choose another name"
 
 
 _CONTENT_CHECKS = {"metrics": _metrics_problem, "plot": _plot_problem}
@@ -172,7 +172,7 @@ def check_file(path, flag: str, kind: str | None = None, *, overwrite: bool = Fa
         if kind is not None and st.st_size:
             problem = _CONTENT_CHECKS[kind](path, overwrite)
             if problem:
-                raise OutputError(f"{flag} {path} already exists and {problem}; rawgpu will not replace it: delete it or choose another name")
+                raise OutputError(f"{flag} {path} already exists and {problem}")
     _probe_folder(os.path.dirname(os.path.abspath(path)) or ".", flag, path, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     return path
 
