@@ -73,7 +73,7 @@ def _probe_folder(folder: str, flag: str, path, *, prefix: str = ".rawgpu-probe.
     try:
         fd, probe = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     except OSError as exc:
-        raise OutputError(f"{flag} {path}: cannot write into the folder {folder} ({exc.strerror or exc}); choose a writable folder") from None
+        raise OutputError(f"{flag} {path}: cannot create a file like {prefix}XXXXXXXX{suffix} in {folder} ({exc.strerror or exc}); {_advice(exc)}") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -368,10 +368,11 @@ def writing(flag: str, path):
     try:
         yield
     except OSError as exc:
-        advice = _ADVICE.get(exc.errno, "choose another path")
-        raise OutputError(
-            f"{flag} {path}: writing it failed ({exc.strerror or exc}); {advice}. What was saved before is complete"
-        ) from None
+        raise OutputError(f"{flag} {path}: writing it failed ({exc.strerror or exc}); {_advice(exc)}. What was saved before is complete") from None
+
+
+def _advice(exc: OSError) -> str:
+    return _ADVICE.get(exc.errno, "choose another path")
 
 
 def clean_stale_temps(path, *, locked: bool) -> list[str]:
