@@ -106,8 +106,11 @@ def start_fresh(path) -> str:
 def commit(pending: str, path) -> None:
     """Replace ``path`` with the fresh run's file ``pending`` (its first epoch record is on disk)."""
     os.replace(pending, path)
-    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
-        os.fsync(folder)  # the rename itself on disk, so a crash now cannot bring the old file back
-    finally:
-        os.close(folder)
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself on disk, so a crash now cannot bring the old file back
+        finally:
+            os.close(folder)
+    except OSError:
+        pass  # not every filesystem can sync a folder (EINVAL); the rename is done all the same

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import contextlib
 import os
+import socket
 import stat
 import tempfile
 import time
@@ -192,7 +193,10 @@ def prepare_folder(path, flag: str) -> str | None:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc}); choose another path") from None
-    _probe_folder(path, flag, path)
+    # The longest name rawgpu writes in an output folder: a TensorBoard event file's
+    # (events.out.tfevents.<time>.<host>.<pid>.<n>); the checkpoint's temporary file is shorter.
+    longest = len(f"events.out.tfevents.{0:010d}.{socket.gethostname()}.{2**22}.{999}")
+    _probe_folder(path, flag, path, prefix=".rawgpu-probe." + "x" * max(0, longest - 22))
     return path
 
 
@@ -271,8 +275,11 @@ class PathLock:
             self.fd = None
         else:
             raise OutputError(f"{flag} {target}: its lock file {lock_path} keeps changing under rawgpu; is another run starting? try again")
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, a refused run just cannot name us
         PathLock.held.append(self)
 
     def _still_ours(self) -> bool:
@@ -300,7 +307,8 @@ class PathLock:
     def release(self) -> None:
         if self.fd is not None:
             if self._still_ours():
-                os.unlink(self.path)  # while still locked: a waiter that opened it sees it gone and retries
+                with contextlib.suppress(OSError):  # tidying up: a file left behind locks nothing
+                    os.unlink(self.path)  # while still locked: a waiter that opened it sees it gone and retries
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
             PathLock.held.remove(self)
