@@ -113,6 +113,8 @@ def _plot_problem(path: str, overwrite: bool) -> str | None:
     return "is a PNG that rawgpu did not write (it has no 'Software: rawgpu' text); replace it with --overwrite, or choose another name"
 
 
+# kind -> check(path, overwrite): why an existing file of that kind may not be replaced, or None.
+# (--overwrite lets a plot replace another program's PNG; a metrics file is never anyone else's.)
 _CONTENT_CHECKS = {"metrics": _metrics_problem, "plot": _plot_problem}
 
 
