@@ -107,7 +107,7 @@ def _train(args) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the checkpoint, or replace it")
     # Every output is checked before the data is loaded (a download is work too); train() checks
-    # them again against the data files it reads, then locks the checkpoint folder.
+    # them again against the data files it reads, then locks them (metrics, checkpoint and TensorBoard).
     outputs.check_file(args.metrics, "--metrics", "metrics")
     outputs.check_file(args.plot, "--plot", "plot", overwrite=args.overwrite)
     outputs.prepare_folder(args.checkpoint_dir, "--checkpoint-dir")
@@ -117,7 +117,7 @@ def _train(args) -> int:
 
         require_tensorboard()
     ckpt_file = os.path.join(args.checkpoint_dir, "checkpoint.npz") if args.checkpoint_dir else None
-    outputs.check_file(ckpt_file, "--checkpoint-dir")  # a pipe there would hang --resume; a long name fail the save
+    outputs.check_file(ckpt_file, "--checkpoint-dir")  # a pipe there would hang --resume, a name too long would fail the save
     outputs.check_distinct({"--metrics": args.metrics, "--plot": args.plot, "--checkpoint-dir": ckpt_file}, {})
     if args.plot is not None:
         from rawgpu.plot import require_matplotlib
