@@ -79,6 +79,51 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The header's schema, field by field: (test, what the value must be). A header edited by hand
+# (or by another program) is refused at load time, in one line naming the field, rather than
+# failing with a KeyError after an epoch of training.
+_WHOLE_1 = (lambda v: _whole(v) and v >= 1, "a whole number >= 1")
+_COUNT = (lambda v: _number(v) and v >= 0, "a finite number >= 0")
+_POSITIVE = (lambda v: _number(v) and v > 0, "a finite number > 0")
+CONFIG_SCHEMA = {
+    "epochs": _WHOLE_1,
+    "batch_size": (lambda v: _whole(v) and 1 <= v <= 2**31 - 1, "a whole number from 1 to 2**31 - 1"),
+    "lr": _POSITIVE,
+    "momentum": _COUNT,
+    "weight_decay": _COUNT,
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "hidden": (lambda v: _whole(v) and 1 <= v <= 2**31 - 1, "a whole number from 1 to 2**31 - 1"),
+    "seed": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+}
+RECORD_SCHEMA = {  # one epoch's metrics record (rawgpu.train._epoch_record)
+    "epoch": _WHOLE_1,
+    "train_loss": _COUNT,
+    "test_loss": _COUNT,
+    "test_accuracy": (lambda v: _number(v) and 0 <= v <= 1, "a finite number from 0 to 1"),
+    "seconds": _POSITIVE,
+    "samples_per_s": _POSITIVE,
+}
+
+
+def _check_fields(where: str, value, schema: dict, path, *, exact: bool) -> None:
+    """``value`` must be an object holding every field of ``schema``, each passing its test (and,
+    where ``exact``, no other field: history records are copied into the metrics file as they are)."""
+    if not isinstance(value, dict):
+        raise _refuse(path, f"{where} is a JSON {type(value).__name__}, not an object")
+    for key, (ok, what) in schema.items():
+        if key not in value:
+            raise _refuse(path, f"{where} has no {key!r}")
+        if not ok(value[key]):
+            raise _refuse(path, f"{where} {key!r} is {value[key]!r}, not {what}")
+    extra = sorted(set(value) - set(schema))
+    if exact and extra:
+        raise _refuse(path, f"{where} has fields a rawgpu checkpoint does not write: {', '.join(map(repr, extra))}")
+
+
 def _check_meta(meta, path) -> None:
     """The header's keys and types; anything else is a damaged or foreign file."""
     if not isinstance(meta, dict):
@@ -104,8 +149,11 @@ def _check_meta(meta, path) -> None:
     ds = meta["dataset"]
     if not isinstance(ds.get("name"), str) or not isinstance(ds.get("fingerprint"), str):
         raise _refuse(path, "its header does not say which dataset it was trained on")
+    _check_fields("its config", meta["config"], CONFIG_SCHEMA, path, exact=False)
     history = meta["history"]
-    if [r.get("epoch") if isinstance(r, dict) else None for r in history] != list(range(1, meta["epochs_done"] + 1)):
+    for i, record in enumerate(history):
+        _check_fields(f"history[{i}]", record, RECORD_SCHEMA, path, exact=True)
+    if [r["epoch"] for r in history] != list(range(1, meta["epochs_done"] + 1)):
         raise _refuse(path, f"its metrics history does not hold epochs 1..{meta['epochs_done']} in order")
 
 

@@ -38,8 +38,15 @@ def number_arg(kind, *, minimum, inclusive=True, maximum=None):
     return parse
 
 
+def _version() -> str:
+    from rawgpu import __version__  # rawgpu/__init__ imports nothing heavy
+
+    return f"rawgpu {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rawgpu", description="Train a two-layer network with Numba CUDA kernels you can read.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -48,29 +55,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     kernel_report.add_parser(sub)
 
-    t = sub.add_parser("train", help="train the two-layer network (784-128-10 by default)")
+    # Every flag's help ends in its default, as argparse fills it in (%(default)s).
+    t = sub.add_parser("train", help="train the two-layer network (784-128-10 by default)",
+                       description="Train the two-layer network (input -> hidden ReLU -> classes) with SGD.")
     data = t.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help="default: mnist where cached or downloadable, else the bundled sample")
-    data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz), or CIFAR-10's binary batches or archive")
+    data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz), or CIFAR-10's binary batches or archive (default: none)")
+    data.add_argument("--limit-train", metavar="N", type=number_arg(int, minimum=1), default=None,
+                      help="train on the first N training images only (default: all of them)")
+    data.add_argument("--limit-test", metavar="N", type=number_arg(int, minimum=1), default=None,
+                      help="evaluate on the first N test images only (default: all of them)")
     t.add_argument("--device", choices=DEVICES, default=None, help="engine (default: RAWGPU_DEVICE, else auto)")
     hp = t.add_argument_group("hyperparameters")
-    hp.add_argument("--epochs", type=number_arg(int, minimum=1), default=5)
-    hp.add_argument("--batch-size", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128)
-    hp.add_argument("--lr", type=number_arg(float, minimum=0.0, inclusive=False), default=0.01)
-    hp.add_argument("--momentum", type=number_arg(float, minimum=0.0), default=0.9)
-    hp.add_argument("--weight-decay", type=number_arg(float, minimum=0.0), default=0.0)
-    hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="hidden units")
-    hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0)
+    hp.add_argument("--epochs", type=number_arg(int, minimum=1), default=5, help="passes over the training images (default: %(default)s)")
+    hp.add_argument("--batch-size", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="images per SGD step (default: %(default)s)")
+    hp.add_argument("--lr", type=number_arg(float, minimum=0.0, inclusive=False), default=0.01, help="learning rate, > 0 (default: %(default)s)")
+    hp.add_argument("--momentum", type=number_arg(float, minimum=0.0), default=0.9, help="SGD momentum, usually 0 to 0.99 (default: %(default)s)")
+    hp.add_argument("--weight-decay", type=number_arg(float, minimum=0.0), default=0.0, help="L2 penalty added to each gradient (default: %(default)s)")
+    hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum (default: off)")
+    hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="hidden units (default: %(default)s)")
+    hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0, help="seeds the initial weights and the shuffles (default: %(default)s)")
     out = t.add_argument_group("outputs")
-    out.add_argument("--metrics", metavar="FILE", help="JSON lines: one record per epoch, and one every --log-every steps")
-    out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch")
-    out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced)")
-    out.add_argument("--plot", metavar="FILE", help="a PNG of the loss and accuracy curves (needs the plot extra)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar (the running loss is printed every --log-every steps instead)")
-    out.add_argument("--log-every", metavar="N", type=number_arg(int, minimum=1), default=100, help="steps between running-loss records (default 100)")
-    out.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files there (needs the tensorboard extra)")
+    out.add_argument("--metrics", metavar="FILE", help="JSON lines: one record per epoch, and one every --log-every steps (default: none)")
+    out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch (default: none)")
+    out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir (default: off)")
+    out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced) (default: off)")
+    out.add_argument("--plot", metavar="FILE", help="a PNG (FILE.png) of the loss and accuracy curves (needs the plot extra) (default: none)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar (the running loss is printed every --log-every steps instead) (default: off)")
+    out.add_argument("--log-every", metavar="N", type=number_arg(int, minimum=1), default=100, help="steps between running-loss records (default: %(default)s)")
+    out.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files there (needs the tensorboard extra) (default: none)")
     t.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each training step as a CUDA graph from the second epoch on (default: on for the cuda engine)")
     return parser
@@ -119,16 +132,18 @@ def _train(args) -> int:
     ckpt_file = os.path.join(args.checkpoint_dir, "checkpoint.npz") if args.checkpoint_dir else None
     outputs.check_distinct({"--metrics": args.metrics, "--plot": args.plot, "--checkpoint-dir": ckpt_file}, {})
     if args.plot is not None:
-        from rawgpu.plot import require_matplotlib
+        from rawgpu.plot import check_suffix, require_matplotlib
 
+        check_suffix(args.plot)
         require_matplotlib()
     eng = rawgpu.use(args.device) if args.device else rawgpu.current()
-    dataset = _load_data(args, log)
+    dataset = _load_data(args, log).first(args.limit_train, args.limit_test)
     log(f"data: {dataset.source}")
     if eng.name == "sim":
         log(
             "note: the simulator runs every CUDA thread as a Python thread, thousands of times slower "
-            "than a GPU; at 784 inputs expect minutes per batch (it is for stepping through kernels on tiny data)"
+            "than a GPU (it is for stepping through kernels on tiny data): keep --hidden and --batch-size "
+            "small and cut the data with --limit-train/--limit-test"
         )
     log(
         f"engine: {eng.name} ({eng.reason}); network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}, "

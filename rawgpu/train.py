@@ -189,14 +189,32 @@ def _append_metrics(path, record: dict, *, durable: bool = True) -> None:
             os.fsync(fh.fileno())
 
 
+#: The ranges SGD settings usually come from: a run that diverges outside them is blamed on them.
+USUAL = {
+    "lr": (0.0, 0.1, "usually 0.1 or less"),
+    "momentum": (0.0, 0.99, "usually 0 to 0.99: from 1 on the velocity grows without bound"),
+    "weight_decay": (0.0, 0.01, "usually 0 to 0.01"),
+}
+
+
+def divergence_hint(config: "TrainConfig") -> str:
+    """What to change after a divergence: the settings outside their usual range, else --lr."""
+    unusual = [
+        f"--{name.replace('_', '-')} {getattr(config, name):g} ({why})"
+        for name, (low, high, why) in USUAL.items() if not low <= getattr(config, name) <= high
+    ]
+    if unusual:
+        return f"these settings are outside the usual range: {'; '.join(unusual)}"
+    return f"try a lower learning rate (--lr, now {config.lr:g})"
+
+
 def _stop_if_diverged(now: dict, done: int, steps: int, config: "TrainConfig") -> None:
     """Raise if the device recorded a non-finite loss: it kept the exact step, the host names it."""
     if now["first_bad_step"]:
         bad = done * steps + now["first_bad_step"]  # the device counts the steps of this run
         epoch, step = (bad - 1) // steps + 1, (bad - 1) % steps + 1
         raise TrainingError(
-            f"the loss became non-finite at epoch {epoch}, step {step}; "
-            f"training stopped: try a lower learning rate (--lr, now {config.lr:g})"
+            f"the loss became non-finite at epoch {epoch}, step {step}; training stopped: {divergence_hint(config)}"
         )
 
 
@@ -431,7 +449,7 @@ def _evaluate(run: _Run, epoch: int, loss_sum: float, seconds: float, bar) -> di
         bar.close()
         raise TrainingError(
             f"the weights became non-finite at epoch {epoch}, step {run.steps} (its last update; the test loss is {test_loss}); "
-            f"training stopped and nothing of this epoch was saved: try a lower learning rate (--lr, now {run.config.lr:g})"
+            f"training stopped and nothing of this epoch was saved: {divergence_hint(run.config)}"
         )
     record = _epoch_record(epoch, loss_sum, len(run.train_split), test_loss, test_acc, seconds)
     summary = (

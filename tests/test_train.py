@@ -93,8 +93,23 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_a_diverging_loss_stops_with_epoch_and_step():
-    with pytest.raises(TrainingError, match=r"at epoch 1, step \d+; training stopped: try a lower learning rate"):
+    with pytest.raises(TrainingError, match=r"at epoch 1, step \d+; training stopped: these settings are outside the usual range: --lr 1e\+06"):
         train(blobs(), TrainConfig(epochs=2, batch_size=10, hidden=8, lr=1e6), **QUIET)
+
+
+@pytest.mark.parametrize(
+    "settings,hint",
+    [
+        (dict(lr=0.05, momentum=1.5), "outside the usual range: --momentum 1.5 (usually 0 to 0.99"),
+        (dict(lr=0.05, weight_decay=100.0), "outside the usual range: --weight-decay 100 (usually 0 to 0.01)"),
+        (dict(lr=5.0, momentum=1.2), "--lr 5 (usually 0.1 or less); --momentum 1.2"),
+    ],
+)
+def test_the_divergence_hint_names_the_unusual_settings(settings, hint):
+    """It always blamed --lr, even where --momentum 1.5 was the cause."""
+    with pytest.raises(TrainingError, match="non-finite") as caught:
+        train(blobs(), TrainConfig(epochs=30, batch_size=10, hidden=8, **settings), **QUIET)
+    assert hint in str(caught.value) and "try a lower learning rate" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
