@@ -2,12 +2,14 @@
 
 A checkpoint holds the parameters, the optimizer's velocities and a header (``meta``) with the
 number of epochs done, the architecture, the training settings, the dataset it was trained on
-(name, sizes and a fingerprint of its labels) and the metrics record of every epoch so far. It
-is written to a temporary file in the same folder and renamed over the old one, so a crash
-mid-write never leaves a half-written checkpoint, and it is read with ``allow_pickle=False``, so
-a checkpoint cannot run code.
+(name, sizes and a fingerprint of its labels), the metrics record of every epoch so far, and the
+device's loss sums with the open ``--log-every`` window (``step_sums``, so a resumed run's step
+records equal the uninterrupted run's). It is written to a temporary file in the same folder and
+renamed over the old one, so a crash mid-write never leaves a half-written checkpoint, and it is
+read with ``allow_pickle=False``, so a checkpoint cannot run code.
 
-The loader trusts nothing in the file: an empty or truncated file, a header of the wrong shape,
+The loader trusts nothing in the file: an empty or truncated file, a header field that does not
+match its schema (missing, of the wrong type, NaN, out of range: named in the message),
 a missing array, any dtype but float32, a shape that does not match the header's architecture or
 a non-finite weight is refused with one line naming the file, and the file is left as it was.
 """
@@ -108,6 +110,13 @@ RECORD_SCHEMA = {  # one epoch's metrics record (rawgpu.train._epoch_record)
     "samples_per_s": _POSITIVE,
 }
 
+STEP_SUMS_SCHEMA = {  # the device's loss sums at the epoch's end, and the open --log-every window
+    "loss_sum": _COUNT,
+    "mean_sum": _COUNT,
+    "window_mean_sum": _COUNT,
+    "window_steps": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+}
+
 
 def _check_fields(where: str, value, schema: dict, path, *, exact: bool) -> None:
     """``value`` must be an object holding every field of ``schema``, each passing its test (and,
@@ -150,6 +159,8 @@ def _check_meta(meta, path) -> None:
     if not isinstance(ds.get("name"), str) or not isinstance(ds.get("fingerprint"), str):
         raise _refuse(path, "its header does not say which dataset it was trained on")
     _check_fields("its config", meta["config"], CONFIG_SCHEMA, path, exact=False)
+    if "step_sums" in meta:  # absent from checkpoints written before it was kept
+        _check_fields("its step_sums", meta["step_sums"], STEP_SUMS_SCHEMA, path, exact=True)
     history = meta["history"]
     for i, record in enumerate(history):
         _check_fields(f"history[{i}]", record, RECORD_SCHEMA, path, exact=True)

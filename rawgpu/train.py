@@ -332,6 +332,7 @@ class _Run:
     log_every: int
     graphs: StepGraphs | None = None  # CUDA graphs of the steps (cuda engine)
     tb: object = None  # the TensorBoard log, where asked for
+    window: dict | None = None  # resumed: where the open --log-every window began (see _restore_sums)
 
 
 def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None, graphs=None) -> list[dict]:
@@ -370,10 +371,27 @@ def _start(run: _Run, resume: bool) -> tuple[int, list]:
     _check_resumable(meta, run.model, run.dataset_id, run.config, run.checkpoint_dir, run.log)
     run.model.load_state_dict(params)
     run.opt.load_state_dict(velocity)
+    _restore_sums(run, meta.get("step_sums"))
     run.log(f"resumed from {ckpt.path_in(run.checkpoint_dir)} after epoch {meta['epochs_done']}")
     if run.metrics_path is not None:
         _restore_metrics(run.metrics_path, meta["history"])  # drops epochs a killed run logged past its checkpoint
     return meta["epochs_done"], meta["history"]
+
+
+def _restore_sums(run: _Run, sums: dict | None) -> None:
+    """Carry the loss sums over a resume, so its step and epoch records equal the uninterrupted run's.
+
+    A --log-every window can straddle an epoch's end: a record's mean then covers steps from
+    before the checkpoint. The checkpoint keeps the device's loss sums at its epoch's end and the
+    open window (the mean-loss sum at the last step record, and the steps since); they go back
+    into the fresh model's sums, so every later difference is the very same float64 subtraction
+    the uninterrupted run makes. (Checkpoints from before this field simply start a new window.)
+    The step counter is not restored: the device counts this run's steps (see _stop_if_diverged).
+    """
+    if sums is None:
+        return
+    run.model.stats.sums[...] = run.eng.asarray(np.array([sums["loss_sum"], sums["mean_sum"]], dtype=np.float64))
+    run.window = {"mean_sum": sums["window_mean_sum"], "steps": -sums["window_steps"]}
 
 
 def _epochs(run: _Run, done: int, history: list) -> list[dict]:
@@ -381,7 +399,8 @@ def _epochs(run: _Run, done: int, history: list) -> list[dict]:
     records = []
     # The device keeps the running loss sums and the first non-finite step (model.stats); the
     # host reads them every log_every steps and at each epoch's end, never per step.
-    seen = last = run.model.stats.read()  # at the last step record, and at the last epoch's end
+    last = run.model.stats.read()  # at the last epoch's end
+    seen = {**last, **run.window} if run.window else last  # at the last step record
     for epoch in range(done + 1, run.config.epochs + 1):
         bar = Progress(run.steps, f"epoch {epoch}/{run.config.epochs}", enabled=run.progress)
         run.eng.synchronize()
@@ -393,7 +412,9 @@ def _epochs(run: _Run, done: int, history: list) -> list[dict]:
         record = _evaluate(run, epoch, loss_sum, seconds, bar)
         records.append(record)
         history = history + [record]
-        _save_epoch(run, epoch, record, history)
+        sums = {"loss_sum": now["loss_sum"], "mean_sum": now["mean_sum"],
+                "window_mean_sum": seen["mean_sum"], "window_steps": now["steps"] - seen["steps"]}
+        _save_epoch(run, epoch, record, history, sums)
     return records
 
 
@@ -462,7 +483,7 @@ def _evaluate(run: _Run, epoch: int, loss_sum: float, seconds: float, bar) -> di
     return record
 
 
-def _save_epoch(run: _Run, epoch: int, record: dict, history: list) -> None:
+def _save_epoch(run: _Run, epoch: int, record: dict, history: list, step_sums: dict) -> None:
     # The checkpoint first, then the metrics line: a kill between the two leaves a metrics
     # file one epoch behind, which the next --resume restores from the checkpoint's history.
     if run.checkpoint_dir is not None:
@@ -472,7 +493,7 @@ def _save_epoch(run: _Run, epoch: int, record: dict, history: list) -> None:
             velocity=run.opt.state_dict(),
             meta={
                 "epochs_done": epoch, "architecture": run.model.architecture, "config": asdict(run.config),
-                "dataset": run.dataset_id, "engine": run.eng.name, "history": history,
+                "dataset": run.dataset_id, "engine": run.eng.name, "history": history, "step_sums": step_sums,
             },
         )
     if run.metrics_path is not None:

@@ -426,6 +426,8 @@ BROKEN = {
     "config empty": (lambda p: _rewrite(p, meta={**_meta(p), "config": {}}), "its config has no 'epochs'"),
     "lr fast": (lambda p: _rewrite(p, meta={**_meta(p), "config": {**_meta(p)["config"], "lr": "fast"}}), "its config 'lr' is 'fast', not a finite number > 0"),
     "batch_size 0": (lambda p: _rewrite(p, meta={**_meta(p), "config": {**_meta(p)["config"], "batch_size": 0}}), "its config 'batch_size' is 0, not a whole number"),
+    "step_sums negative": (lambda p: _rewrite(p, meta={**_meta(p), "step_sums": {**_meta(p)["step_sums"], "window_steps": -1}}),
+                           "its step_sums 'window_steps' is -1, not a whole number >= 0"),
     "nesterov a string": (lambda p: _rewrite(p, meta={**_meta(p), "config": {**_meta(p)["config"], "nesterov": "no"}}), "its config 'nesterov' is 'no', not true or false"),
 }
 
