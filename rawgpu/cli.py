@@ -6,21 +6,27 @@ ends in one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import signal
 import sys
 
+from rawgpu.signals import EXITS, Signals
+
+# argparse and everything heavier load inside the functions, after run() has put the signal
+# handler in place: a Ctrl-C while they load is then one line and status 130, not a traceback.
+
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "sample")  # rawgpu.data.DATASETS (kept here: no NumPy import to build the parser)
 DEVICES = ("auto", "cuda", "sim", "numpy")
-INTERRUPTED = 130  # the exit status after Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = EXITS[signal.SIGINT][0]  # the exit status after Ctrl-C (128 + SIGINT), as shells report it
 MAX_SIZE = 2**31 - 1  # the largest --hidden or --batch-size: the kernels index with 32-bit integers
 
 
 def number_arg(kind, *, minimum, inclusive=True, maximum=None):
     """An argparse type: a finite number of ``kind`` above (or at) ``minimum`` and at most
     ``maximum`` where given (the benches use it too)."""
+
+    import argparse
 
     def parse(text):
         try:
@@ -44,7 +50,9 @@ def _version() -> str:
     return f"rawgpu {__version__}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    import argparse
+
     parser = argparse.ArgumentParser(prog="rawgpu", description="Train a two-layer network with Numba CUDA kernels you can read.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -188,72 +196,74 @@ def _run_command(argv) -> int:
         print(f"rawgpu: error: out of memory ({detail}); lower --hidden or --batch-size", file=sys.stderr)
         return 1
     except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
-        if _Interrupts.seen:  # a Ctrl-C that surfaced inside C code as some other error
+        if Signals.seen:  # a Ctrl-C or SIGTERM that surfaced inside C code as some other error
             raise KeyboardInterrupt from None
         # DataError, CheckpointError and OutputError are ValueErrors; their messages name the file or flag.
         print(f"rawgpu: error: {exc}", file=sys.stderr)
         return 1
 
 
-class _Interrupts:
-    """Python's own Ctrl-C handler raises KeyboardInterrupt wherever the interpreter happens to be.
-    Inside C code that is not always what arrives: tried 150 times at random moments of a run, a
-    Ctrl-C once came out of CPython's warnings machinery as ``TypeError: expected a message
-    argument``. So the command's handler also notes that a Ctrl-C came, and whatever error follows
-    one is reported as the interruption it was."""
-
-    seen = False
-
-    @classmethod
-    def handler(cls, signum, frame):
-        cls.seen = True
-        raise KeyboardInterrupt
-
-    @classmethod
-    def install(cls):
-        """Put the handler in place of Python's default one; returns what to restore, or None."""
-        cls.seen = False
-        try:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
-                return signal.signal(signal.SIGINT, cls.handler)
-        except ValueError:  # not the main thread: signal handlers cannot be set there
-            pass
-        return None
-
-
-
 def main(argv=None) -> int:
     """The command, as a function: returns the exit status. Ctrl-C at any moment, even while
-    modules load, is one line and status 130."""
-    previous = _Interrupts.install()
+    modules load, is one line and status 130; SIGTERM is one line and 143 (:mod:`rawgpu.signals`)."""
+    previous = Signals.install()
+    code = None
     try:
         code = _run_command(argv)
-    except KeyboardInterrupt:
-        code = INTERRUPTED
+    except KeyboardInterrupt:  # Terminated (SIGTERM) is one too
+        pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if code == INTERRUPTED or _Interrupts.seen:
-        print("rawgpu: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        Signals.restore(previous)
+    if code is None or Signals.seen is not None:
+        return Signals.report()
     return code
+
+
+_STOPPING = set(EXITS)  # SIGINT and SIGTERM
+
+
+def _status() -> int | None:
+    """main()'s status (None: a signal cut in after main had finished), leaving with SIGINT and
+    SIGTERM blocked: one that comes later waits, and cannot kill the process as it exits."""
+    try:
+        try:
+            return main()
+        finally:
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    except KeyboardInterrupt:  # came as main returned, before the block took hold
+        return None
+    except SystemExit as exc:  # argparse's own exits: --help, --version, a bad flag
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        raise
 
 
 def run() -> None:
     """The ``rawgpu`` command's entry point (and ``python -m rawgpu``'s): exits with main's status.
 
-    After a Ctrl-C it leaves with ``os._exit``, once the output is flushed: a KeyboardInterrupt
-    that passed through code CPython ran with ``PyRun_String`` (Cython modules' set-up does) leaves
-    a flag behind that makes a normal exit kill the process with SIGINT, status -2, instead of
-    returning 130. Everything rawgpu writes is already closed by then (files are written whole
-    and renamed), so nothing is lost by skipping the interpreter's clean-up.
+    The signal handler goes in first, before argparse, NumPy or anything else loads. (Before
+    this function runs, the interpreter is still starting up, and a Ctrl-C there is Python's.)
+    After main, SIGINT and SIGTERM are blocked, and one that came in the last moments (the final
+    line printed, the files closed) still ends the command as interrupted or terminated. Then
+    the process leaves with ``os._exit`` once the output is flushed, without the interpreter's
+    clean-up: that takes tens of milliseconds in which a signal would kill the process with no
+    word (status -2), and a KeyboardInterrupt that passed through code CPython ran with
+    ``PyRun_String`` (Cython modules' set-up does) leaves a flag behind that turns a normal exit
+    into death by SIGINT. Everything rawgpu writes is closed by then (files are written whole
+    and renamed), so nothing is lost by skipping it.
     """
-    code = main()
-    if code == INTERRUPTED:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(INTERRUPTED)
-    sys.exit(code)
+    Signals.install()
+    code = _status()
+    if hasattr(signal, "sigpending") and Signals.seen is None:
+        late = signal.sigpending() & _STOPPING
+        if late:
+            Signals.seen = min(late)
+    if code is None or (Signals.seen is not None and code not in {c for c, _ in EXITS.values()}):
+        code = Signals.report()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import numpy as np
 
 from rawgpu import checkpoint as ckpt
 from rawgpu import engine as _engine
-from rawgpu import memory, ops, outputs
+from rawgpu import memory, ops, outputs, signals
 from rawgpu.atomic import atomic_file
 from rawgpu.graphs import StepGraphs, training_stream
 from rawgpu.model import TwoLayerMLP
@@ -414,7 +414,8 @@ def _epochs(run: _Run, done: int, history: list) -> list[dict]:
         history = history + [record]
         sums = {"loss_sum": now["loss_sum"], "mean_sum": now["mean_sum"],
                 "window_mean_sum": seen["mean_sum"], "window_steps": now["steps"] - seen["steps"]}
-        _save_epoch(run, epoch, record, history, sums)
+        with signals.deferred():  # the checkpoint and its metrics line: both, or (on resume) neither
+            _save_epoch(run, epoch, record, history, sums)
     return records
 
 
