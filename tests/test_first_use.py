@@ -62,7 +62,7 @@ def test_limits_beyond_the_dataset_keep_all_of_it(capsys):
 @pytest.mark.parametrize("flag", ["--limit-train", "--limit-test"])
 def test_a_limit_must_be_positive(capsys, flag):
     code, _, err = run(capsys, "train", flag, "0")
-    assert code == 2 and f"{flag}: invalid parse value: '0', 0 must be >= 1" in err or ("must be >= 1" in err and flag in err), err
+    assert code == 2 and flag in err and "must be >= 1" in err, err
 
 
 @pytest.mark.parametrize("name", ["out.jpg", "out.PDF", "curves", "plot.png.txt"])
