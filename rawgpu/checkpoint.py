@@ -26,6 +26,7 @@ import zlib
 import numpy as np
 
 from rawgpu.atomic import atomic_file
+from rawgpu.memory import gib, host_available
 
 FILENAME = "checkpoint.npz"
 FORMAT = "rawgpu-checkpoint-2"
@@ -188,6 +189,35 @@ def _check_arrays(kind: str, arrays: dict, arch: dict, path) -> None:
             raise _refuse(path, f"{kind} {name} holds {bad} non-finite value(s) (NaN or inf): the run that wrote it had diverged")
 
 
+def _declared_arrays(npz) -> dict:
+    """{member: (shape, dtype, bytes stored)} as each array's .npy header declares it, read
+    without reading (or allocating) its data."""
+    declared = {}
+    for name in npz.files:
+        info = npz.zip.getinfo(name + ".npy")
+        with npz.zip.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read_header(fh)
+            declared[name] = (shape, dtype, info.file_size - fh.tell())
+    return declared
+
+
+def _check_sizes(declared: dict, path) -> None:
+    """Refuse, naming the member, an array that declares more data than the file holds (a shape of
+    (1000000, 1000000) in a small file), and arrays that cannot fit in the memory available: both
+    would otherwise end in an out-of-memory error that blames the run's settings."""
+    total = 0
+    for name, (shape, dtype, stored) in declared.items():
+        need = math.prod(shape) * dtype.itemsize
+        if need > stored:
+            raise _refuse(path, f"its array {name!r} declares shape {shape} {dtype} ({gib(need)}) but holds {stored} bytes: a damaged file")
+        total += need
+    free = host_available()
+    if free is not None and total > 0.9 * free:
+        raise _refuse(path, f"its arrays need {gib(total)} of memory but {gib(free)} is available; resume on a machine with more memory")
+
+
 def load(directory) -> tuple[dict, dict, dict]:
     """Read ``(params, velocity, meta)`` from the checkpoint in ``directory``, checking everything."""
     path = path_in(directory)
@@ -199,10 +229,12 @@ def load(directory) -> tuple[dict, dict, dict]:
         with np.load(path, allow_pickle=False) as data:
             if "meta" not in data.files:
                 raise _refuse(path, "it has no 'meta' header")
+            _check_sizes(_declared_arrays(data), path)  # before any array is read
             raw_meta = data["meta"]
             if raw_meta.dtype.kind != "U" or raw_meta.ndim != 0:
                 raise _refuse(path, f"its 'meta' is a {raw_meta.dtype} array, not a JSON string")
             meta = json.loads(str(raw_meta), parse_constant=lambda name: math.nan)
+            _check_meta(meta, path)  # before the weights are read
             params = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("param/")}
             velocity = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("velocity/")}
     except CheckpointError:
@@ -210,7 +242,8 @@ def load(directory) -> tuple[dict, dict, dict]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _refuse(path, f"not a readable rawgpu checkpoint ({reason})") from None
-    _check_meta(meta, path)
+    except MemoryError:
+        raise _refuse(path, "its arrays do not fit in the memory available") from None
     _check_arrays("param", params, meta["architecture"], path)
     _check_arrays("velocity", velocity, meta["architecture"], path)
     return params, velocity, meta
