@@ -261,8 +261,11 @@ def run() -> None:
             Signals.seen = min(late)
     if code is None or (Signals.seen is not None and code not in {c for c, _ in EXITS.values()}):
         code = Signals.report()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (rawgpu info | head -1), a closed stream
+            pass
     os._exit(code)
 
 
