@@ -414,7 +414,7 @@ def _epochs(run: _Run, done: int, history: list) -> list[dict]:
         history = history + [record]
         sums = {"loss_sum": now["loss_sum"], "mean_sum": now["mean_sum"],
                 "window_mean_sum": seen["mean_sum"], "window_steps": now["steps"] - seen["steps"]}
-        with signals.deferred():  # the checkpoint and its metrics line: both, or (on resume) neither
+        with signals.deferred():  # a Ctrl-C or SIGTERM waits until the checkpoint and its metrics line are both written
             _save_epoch(run, epoch, record, history, sums)
     return records
 
