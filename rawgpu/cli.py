@@ -144,6 +144,10 @@ def _train(args) -> int:
 
         check_suffix(args.plot)
         require_matplotlib()
+    if args.resume:  # a checkpoint that cannot be resumed is refused before the data loads (a download is work too)
+        from rawgpu import checkpoint
+
+        checkpoint.load(args.checkpoint_dir)
     eng = rawgpu.use(args.device) if args.device else rawgpu.current()
     dataset = _load_data(args, log).first(args.limit_train, args.limit_test)
     log(f"data: {dataset.source}")

@@ -444,6 +444,14 @@ def test_a_broken_checkpoint_is_refused_in_one_line_and_left_untouched(capsys, t
     assert snapshot(path) == before
 
 
+def test_a_broken_checkpoint_header_is_refused_before_the_data_loads(capsys, tmp_path):
+    path = trained_checkpoint(capsys, tmp_path)
+    _rewrite(path, meta={**_meta(path), "config": {**_meta(path)["config"], "lr": "fast"}})
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--resume", "--checkpoint-dir", str(tmp_path))
+    assert_short_error(code, err, "'lr' is 'fast'")
+    assert "data:" not in err and "engine:" not in err
+
+
 # --- resuming with other settings --------------------------------------------------------------
 
 
