@@ -223,19 +223,15 @@ def main(argv=None) -> int:
     return code
 
 
-_STOPPING = set(EXITS)  # SIGINT and SIGTERM
-
-
 def _status() -> int | None:
-    """main()'s status (None: a signal cut in after main had finished), leaving with SIGINT and
-    SIGTERM blocked: one that comes later waits, and cannot kill the process as it exits."""
+    """main()'s status (None: a signal cut in as main finished). From its end on, a signal is
+    only noted (Signals.quiet), so none can cut the exit short."""
     try:
         try:
             return main()
         finally:
-            if hasattr(signal, "pthread_sigmask"):
-                signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
-    except KeyboardInterrupt:  # came as main returned, before the block took hold
+            Signals.quiet()
+    except KeyboardInterrupt:  # came as main returned, before quiet() took hold
         return None
     except SystemExit as exc:  # argparse's own exits: --help, --version, a bad flag
         if exc.code is None or isinstance(exc.code, int):
@@ -248,9 +244,11 @@ def run() -> None:
 
     The signal handler goes in first, before argparse, NumPy or anything else loads. (Before
     this function runs, the interpreter is still starting up, and a Ctrl-C there is Python's.)
-    After main, SIGINT and SIGTERM are blocked, and one that came in the last moments (the final
-    line printed, the files closed) still ends the command as interrupted or terminated. Then
-    the process leaves with ``os._exit`` once the output is flushed, without the interpreter's
+    After main, a SIGINT or SIGTERM is only noted, and one that came in the last moments (the
+    final line printed, the files closed) still ends the command as interrupted or terminated.
+    (Blocking the signals would not do: they are sent to the process, and any of NumPy's or
+    Numba's threads may take one.) Then the process leaves with ``os._exit`` once the output is
+    flushed, without the interpreter's
     clean-up: that takes tens of milliseconds in which a signal would kill the process with no
     word (status -2), and a KeyboardInterrupt that passed through code CPython ran with
     ``PyRun_String`` (Cython modules' set-up does) leaves a flag behind that turns a normal exit
@@ -259,8 +257,8 @@ def run() -> None:
     """
     Signals.install()
     code = _status()
-    if hasattr(signal, "sigpending") and Signals.seen is None:
-        late = signal.sigpending() & _STOPPING
+    if hasattr(signal, "sigpending") and Signals.seen is None:  # one that waits, blocked in this thread
+        late = signal.sigpending() & set(EXITS)
         if late:
             Signals.seen = min(late)
     if code is None or (Signals.seen is not None and code not in {c for c, _ in EXITS.values()}):

@@ -43,11 +43,14 @@ class Signals:
     seen: int | None = None  # the first signal that came, if any
     _holding = 0  # how many deferred() blocks are running
     _held: int | None = None  # a signal that came during one
+    _quiet = False  # the work is done: a signal is only noted (see quiet())
 
     @classmethod
     def handler(cls, signum, frame):
         if cls.seen is None:
             cls.seen = signum
+        if cls._quiet:
+            return
         if cls._holding:
             cls._held = cls._held or signum
             return
@@ -69,8 +72,14 @@ class Signals:
         except ValueError:  # not the main thread
             pass
         if previous:
-            cls.seen, cls._held = None, None
+            cls.seen, cls._held, cls._quiet = None, None, False
         return previous
+
+    @classmethod
+    def quiet(cls) -> None:
+        """From now on a signal is only noted in :attr:`seen`, never raised: for the command's
+        last moments, when the work is done and the exit status is being settled."""
+        cls._quiet = True
 
     @staticmethod
     def restore(previous: dict) -> None:
