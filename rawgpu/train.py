@@ -13,8 +13,10 @@ Crash consistency. The checkpoint carries the metrics record of every epoch it h
 killed at any moment leaves a checkpoint of some epoch ``e`` (or none) and a metrics file that
 may run ahead of it; resuming rewrites the metrics file to exactly epochs ``1..e`` from the
 checkpoint before going on, so after any number of kills and resumes it holds each epoch once,
-in order. A diverged run (a non-finite loss at any step, non-finite weights or test loss after
-an epoch) stops with an error naming the epoch and step, and saves nothing.
+in order. A Ctrl-C or SIGTERM (:mod:`rawgpu.signals`) that comes while an epoch's checkpoint
+and metrics line are written waits for both. A diverged run (a non-finite loss at any step,
+non-finite weights or test loss after an epoch) stops with an error naming the epoch and step,
+and saves nothing.
 
 Only the training steps count towards an epoch's ``seconds``; evaluation and checkpointing
 are outside the clock.
