@@ -94,7 +94,10 @@ def provenance(run) -> str:
     else:
         device = "**no GPU**"
     host = f"{m.get('cpu_model') or m.get('processor')}, {m.get('cpus')} CPUs"
-    if m.get("load_average_1m") is not None:
+    load = run.get("load_average") or {}  # the training bench's, before and after its runs
+    if load.get("before") and load.get("after"):
+        host += f" (load average {load['before'][0]} before the runs, {load['after'][0]} after)"
+    elif m.get("load_average_1m") is not None:
         host += f" (load average {m['load_average_1m']} at the start)"
     git = env.get("git") or {}
     commit = f"commit {git['commit'][:10]}{' + local changes' if git.get('dirty') else ''}" if git.get("commit") else "commit unknown"

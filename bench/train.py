@@ -33,6 +33,9 @@ from train_systems import (  # noqa: E402
 DATASETS = ("fashion-mnist", "mnist", "sample")
 FULL = {"epochs": 5, "sweep_epochs": 3, "hidden_sweep": [128, 256, 512, 1024, 2048, 4096],
         "batch_sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096], "profile_steps": 50, "dataset": "fashion-mnist"}
+#: Timed epochs of one run that differ by more than this factor (max / min) mean the machine was
+#: busy with other work: the run is marked in the tables and a warning printed.
+WIDE_SPREAD = 1.5
 QUICK = {"epochs": 2, "sweep_epochs": 2, "hidden_sweep": [32, 128], "batch_sweep": [64, 128],
          "profile_steps": 5, "dataset": "sample"}
 
@@ -102,7 +105,26 @@ def run_one(system: str, point: dict, ds, s, why) -> dict:
         records = trainer.epochs(e)
         if s["profile_steps"]:
             split = trainer.split_step(s["profile_steps"])
-    return {**run, "status": "ok", "epochs": records, **summarize_epochs(records, len(ds.train_labels), b), "step_split": split}
+    summary = summarize_epochs(records, len(ds.train_labels), b)
+    spread = summary["epoch_s"]["max"] / summary["epoch_s"]["min"]
+    return {**run, "status": "ok", "epochs": records, **summary, "epoch_spread": spread, "wide_spread": spread > WIDE_SPREAD, "step_split": split}
+
+
+def load_average() -> list | None:
+    """The 1-, 5- and 15-minute load averages (runnable processes), or None where the system does not say."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def busy_note(result) -> str | None:
+    """A sentence when some runs' epoch times spread widely (a busy machine), with the load average."""
+    wide = [r for r in result["runs"] if r.get("wide_spread")]
+    if not wide:
+        return None
+    load = result.get("load_average") or {}
+    before, after = load.get("before"), load.get("after")
+    where = f"; load average (1 min) {before[0]} before the runs, {after[0]} after" if before and after else ""
+    return (f"the timed epochs of {len(wide)} of {sum(r['status'] == 'ok' for r in result['runs'])} runs spread more than "
+            f"{WIDE_SPREAD}x (max / min; marked 'busy'): the machine was doing other work{where}; rerun on an idle machine before trusting those times")
 
 
 def ratios(runs) -> list[dict]:
@@ -126,12 +148,16 @@ def ratios(runs) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _busy(run) -> str:
+    return f" (busy: x{run['epoch_spread']:.1f})" if run.get("wide_spread") else ""
+
+
 def _epoch_cell(run) -> str:
     if run is None:
         return ""
     if run["status"] != "ok":
         return run["status"]
-    return f"{run['median_epoch_s']:.3g} s"
+    return f"{run['median_epoch_s']:.3g} s{_busy(run)}"
 
 
 def _ratio(x) -> str:
@@ -148,10 +174,13 @@ def main_table(result):
             continue
         sp, e = r["step_split"], r["epoch_s"]
         rows.append([
-            r["system"], f"{r['median_epoch_s']:.3g} s", f"{e['min']:.3g}..{e['max']:.3g} s (n={e['n']})", f"{r['first_epoch_s']:.3g} s",
+            r["system"], f"{r['median_epoch_s']:.3g} s", f"{e['min']:.3g}..{e['max']:.3g} s (n={e['n']}){_busy(r)}", f"{r['first_epoch_s']:.3g} s",
             f"{r['final_test_accuracy']:.4f}", fmt_ms(r["step_ms"]),
             f"{fmt_ms(sp['kernel_ms']['median'])} + {fmt_ms(sp['overhead_ms'])}" if sp else "-",
         ])
+    busy = busy_note(result)
+    if busy:
+        notes.append(busy)
     headers = ["system", "epoch (median)", "range of timed epochs", "first epoch", "test accuracy", "time per step", "step: kernels + overhead"]
     return headers, rows, notes
 
@@ -170,6 +199,9 @@ def ratio_line(result) -> str:
 
 def print_results(result) -> None:
     print(f"\n{describe_environment(result['environment'])}")
+    load = result.get("load_average") or {}
+    if load.get("before") and load.get("after"):
+        print(f"load average (1 min): {load['before'][0]} before the runs, {load['after'][0]} after")
     d = result["dataset"]
     print(f"data: {d['source']}")
     headers, rows, notes = main_table(result)
@@ -252,6 +284,7 @@ def main(argv=None) -> int:
     # OpenMP threads on the same cores would make each wait for the other's spinning threads.
     runs = []
     points = plan(s)
+    load_before = load_average()
     for system in s["systems"]:
         for i, point in enumerate(points, 1):
             if not why[system]:
@@ -271,8 +304,12 @@ def main(argv=None) -> int:
         "runs": runs,
         "ratios": all_ratios,
         "main_ratios": main_ratio,
+        "load_average": {"before": load_before, "after": load_average()},
     }
     emit(result, args, print_results, plot)
+    busy = busy_note(result)
+    if busy:
+        print(f"warning: {busy}", file=sys.stderr)
     return 0
 
 

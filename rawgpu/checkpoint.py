@@ -2,12 +2,14 @@
 
 A checkpoint holds the parameters, the optimizer's velocities and a header (``meta``) with the
 number of epochs done, the architecture, the training settings, the dataset it was trained on
-(name, sizes and a fingerprint of its labels) and the metrics record of every epoch so far. It
-is written to a temporary file in the same folder and renamed over the old one, so a crash
-mid-write never leaves a half-written checkpoint, and it is read with ``allow_pickle=False``, so
-a checkpoint cannot run code.
+(name, sizes and a fingerprint of its labels), the metrics record of every epoch so far, and the
+device's loss sums with the open ``--log-every`` window (``step_sums``, so a resumed run's step
+records equal the uninterrupted run's). It is written to a temporary file in the same folder and
+renamed over the old one, so a crash mid-write never leaves a half-written checkpoint, and it is
+read with ``allow_pickle=False``, so a checkpoint cannot run code.
 
-The loader trusts nothing in the file: an empty or truncated file, a header of the wrong shape,
+The loader trusts nothing in the file: an empty or truncated file, a header field that does not
+match its schema (missing, of the wrong type, NaN, out of range: named in the message),
 a missing array, any dtype but float32, a shape that does not match the header's architecture or
 a non-finite weight is refused with one line naming the file, and the file is left as it was.
 """
@@ -26,6 +28,7 @@ import numpy as np
 
 from rawgpu.atomic import atomic_file
 from rawgpu.outputs import writing
+from rawgpu.memory import gib, host_available
 
 FILENAME = "checkpoint.npz"
 FORMAT = "rawgpu-checkpoint-2"
@@ -81,6 +84,58 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The header's schema, field by field: (test, what the value must be). A header edited by hand
+# (or by another program) is refused at load time, in one line naming the field, rather than
+# failing with a KeyError after an epoch of training.
+_WHOLE_1 = (lambda v: _whole(v) and v >= 1, "a whole number >= 1")
+_COUNT = (lambda v: _number(v) and v >= 0, "a finite number >= 0")
+_POSITIVE = (lambda v: _number(v) and v > 0, "a finite number > 0")
+CONFIG_SCHEMA = {
+    "epochs": _WHOLE_1,
+    "batch_size": (lambda v: _whole(v) and 1 <= v <= 2**31 - 1, "a whole number from 1 to 2**31 - 1"),
+    "lr": _POSITIVE,
+    "momentum": _COUNT,
+    "weight_decay": _COUNT,
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "hidden": (lambda v: _whole(v) and 1 <= v <= 2**31 - 1, "a whole number from 1 to 2**31 - 1"),
+    "seed": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+}
+RECORD_SCHEMA = {  # one epoch's metrics record (rawgpu.train._epoch_record)
+    "epoch": _WHOLE_1,
+    "train_loss": _COUNT,
+    "test_loss": _COUNT,
+    "test_accuracy": (lambda v: _number(v) and 0 <= v <= 1, "a finite number from 0 to 1"),
+    "seconds": _POSITIVE,
+    "samples_per_s": _POSITIVE,
+}
+
+STEP_SUMS_SCHEMA = {  # the device's loss sums at the epoch's end, and the open --log-every window
+    "loss_sum": _COUNT,
+    "mean_sum": _COUNT,
+    "window_mean_sum": _COUNT,
+    "window_steps": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+}
+
+
+def _check_fields(where: str, value, schema: dict, path, *, exact: bool) -> None:
+    """``value`` must be an object holding every field of ``schema``, each passing its test (and,
+    where ``exact``, no other field: history records are copied into the metrics file as they are)."""
+    if not isinstance(value, dict):
+        raise _refuse(path, f"{where} is a JSON {type(value).__name__}, not an object")
+    for key, (ok, what) in schema.items():
+        if key not in value:
+            raise _refuse(path, f"{where} has no {key!r}")
+        if not ok(value[key]):
+            raise _refuse(path, f"{where} {key!r} is {value[key]!r}, not {what}")
+    extra = sorted(set(value) - set(schema))
+    if exact and extra:
+        raise _refuse(path, f"{where} has fields a rawgpu checkpoint does not write: {', '.join(map(repr, extra))}")
+
+
 def _check_meta(meta, path) -> None:
     """The header's keys and types; anything else is a damaged or foreign file."""
     if not isinstance(meta, dict):
@@ -106,8 +161,13 @@ def _check_meta(meta, path) -> None:
     ds = meta["dataset"]
     if not isinstance(ds.get("name"), str) or not isinstance(ds.get("fingerprint"), str):
         raise _refuse(path, "its header does not say which dataset it was trained on")
+    _check_fields("its config", meta["config"], CONFIG_SCHEMA, path, exact=False)
+    if "step_sums" in meta:  # absent from checkpoints written before it was kept
+        _check_fields("its step_sums", meta["step_sums"], STEP_SUMS_SCHEMA, path, exact=True)
     history = meta["history"]
-    if [r.get("epoch") if isinstance(r, dict) else None for r in history] != list(range(1, meta["epochs_done"] + 1)):
+    for i, record in enumerate(history):
+        _check_fields(f"history[{i}]", record, RECORD_SCHEMA, path, exact=True)
+    if [r["epoch"] for r in history] != list(range(1, meta["epochs_done"] + 1)):
         raise _refuse(path, f"its metrics history does not hold epochs 1..{meta['epochs_done']} in order")
 
 
@@ -131,6 +191,35 @@ def _check_arrays(kind: str, arrays: dict, arch: dict, path) -> None:
             raise _refuse(path, f"{kind} {name} holds {bad} non-finite value(s) (NaN or inf): the run that wrote it had diverged")
 
 
+def _declared_arrays(npz) -> dict:
+    """{member: (shape, dtype, bytes stored)} as each array's .npy header declares it, read
+    without reading (or allocating) its data."""
+    declared = {}
+    for name in npz.files:
+        info = npz.zip.getinfo(name + ".npy")
+        with npz.zip.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read_header(fh)
+            declared[name] = (shape, dtype, info.file_size - fh.tell())
+    return declared
+
+
+def _check_sizes(declared: dict, path) -> None:
+    """Refuse, naming the member, an array that declares more data than the file holds (a shape of
+    (1000000, 1000000) in a small file), and arrays that cannot fit in the memory available: both
+    would otherwise end in an out-of-memory error that blames the run's settings."""
+    total = 0
+    for name, (shape, dtype, stored) in declared.items():
+        need = math.prod(shape) * dtype.itemsize
+        if need > stored:
+            raise _refuse(path, f"its array {name!r} declares shape {shape} {dtype} ({gib(need)}) but holds {stored} bytes: a damaged file")
+        total += need
+    free = host_available()
+    if free is not None and total > 0.9 * free:
+        raise _refuse(path, f"its arrays need {gib(total)} of memory but {gib(free)} is available; resume on a machine with more memory")
+
+
 def load(directory) -> tuple[dict, dict, dict]:
     """Read ``(params, velocity, meta)`` from the checkpoint in ``directory``, checking everything."""
     path = path_in(directory)
@@ -146,10 +235,12 @@ def load(directory) -> tuple[dict, dict, dict]:
         with np.load(path, allow_pickle=False) as data:
             if "meta" not in data.files:
                 raise _refuse(path, "it has no 'meta' header")
+            _check_sizes(_declared_arrays(data), path)  # before any array is read
             raw_meta = data["meta"]
             if raw_meta.dtype.kind != "U" or raw_meta.ndim != 0:
                 raise _refuse(path, f"its 'meta' is a {raw_meta.dtype} array, not a JSON string")
             meta = json.loads(str(raw_meta), parse_constant=lambda name: math.nan)
+            _check_meta(meta, path)  # before the weights are read
             params = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("param/")}
             velocity = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("velocity/")}
     except CheckpointError:
@@ -157,7 +248,8 @@ def load(directory) -> tuple[dict, dict, dict]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _refuse(path, f"not a readable rawgpu checkpoint ({reason})") from None
-    _check_meta(meta, path)
+    except MemoryError:
+        raise _refuse(path, "its arrays do not fit in the memory available") from None
     _check_arrays("param", params, meta["architecture"], path)
     _check_arrays("velocity", velocity, meta["architecture"], path)
     return params, velocity, meta

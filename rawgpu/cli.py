@@ -6,21 +6,27 @@ ends in one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import signal
 import sys
 
+from rawgpu.signals import EXITS, Signals
+
+# argparse and everything heavier load inside the functions, after run() has put the signal
+# handler in place: a Ctrl-C while they load is then one line and status 130, not a traceback.
+
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "sample")  # rawgpu.data.DATASETS (kept here: no NumPy import to build the parser)
 DEVICES = ("auto", "cuda", "sim", "numpy")
-INTERRUPTED = 130  # the exit status after Ctrl-C (128 + SIGINT), as shells report it
+INTERRUPTED = EXITS[signal.SIGINT][0]  # the exit status after Ctrl-C (128 + SIGINT), as shells report it
 MAX_SIZE = 2**31 - 1  # the largest --hidden or --batch-size: the kernels index with 32-bit integers
 
 
 def number_arg(kind, *, minimum, inclusive=True, maximum=None):
     """An argparse type: a finite number of ``kind`` above (or at) ``minimum`` and at most
     ``maximum`` where given (the benches use it too)."""
+
+    import argparse
 
     def parse(text):
         try:
@@ -38,8 +44,17 @@ def number_arg(kind, *, minimum, inclusive=True, maximum=None):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _version() -> str:
+    from rawgpu import __version__  # rawgpu/__init__ imports nothing heavy
+
+    return f"rawgpu {__version__}"
+
+
+def build_parser():
+    import argparse
+
     parser = argparse.ArgumentParser(prog="rawgpu", description="Train a two-layer network with Numba CUDA kernels you can read.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -48,29 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     kernel_report.add_parser(sub)
 
-    t = sub.add_parser("train", help="train the two-layer network (784-128-10 by default)")
+    # Every flag's help ends in its default, as argparse fills it in (%(default)s).
+    t = sub.add_parser("train", help="train the two-layer network (784-128-10 by default)",
+                       description="Train the two-layer network (input -> hidden ReLU -> classes) with SGD.")
     data = t.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help="default: mnist where cached or downloadable, else the bundled sample")
-    data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz), or CIFAR-10's binary batches or archive")
+    data.add_argument("--data-dir", metavar="DIR", help="a folder with the four standard IDX files (raw or .gz), or CIFAR-10's binary batches or archive (default: none)")
+    data.add_argument("--limit-train", metavar="N", type=number_arg(int, minimum=1), default=None,
+                      help="train on the first N training images only (default: all of them)")
+    data.add_argument("--limit-test", metavar="N", type=number_arg(int, minimum=1), default=None,
+                      help="evaluate on the first N test images only (default: all of them)")
     t.add_argument("--device", choices=DEVICES, default=None, help="engine (default: RAWGPU_DEVICE, else auto)")
     hp = t.add_argument_group("hyperparameters")
-    hp.add_argument("--epochs", type=number_arg(int, minimum=1), default=5)
-    hp.add_argument("--batch-size", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128)
-    hp.add_argument("--lr", type=number_arg(float, minimum=0.0, inclusive=False), default=0.01)
-    hp.add_argument("--momentum", type=number_arg(float, minimum=0.0), default=0.9)
-    hp.add_argument("--weight-decay", type=number_arg(float, minimum=0.0), default=0.0)
-    hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="hidden units")
-    hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0)
+    hp.add_argument("--epochs", type=number_arg(int, minimum=1), default=5, help="passes over the training images (default: %(default)s)")
+    hp.add_argument("--batch-size", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="images per SGD step (default: %(default)s)")
+    hp.add_argument("--lr", type=number_arg(float, minimum=0.0, inclusive=False), default=0.01, help="learning rate, > 0 (default: %(default)s)")
+    hp.add_argument("--momentum", type=number_arg(float, minimum=0.0), default=0.9, help="SGD momentum, usually 0 to 0.99 (default: %(default)s)")
+    hp.add_argument("--weight-decay", type=number_arg(float, minimum=0.0), default=0.0, help="L2 penalty added to each gradient (default: %(default)s)")
+    hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum (default: off)")
+    hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="hidden units (default: %(default)s)")
+    hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0, help="seeds the initial weights and the shuffles (default: %(default)s)")
     out = t.add_argument_group("outputs")
-    out.add_argument("--metrics", metavar="FILE", help="JSON lines: one record per epoch, and one every --log-every steps")
-    out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch")
-    out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced), and let --plot replace a PNG rawgpu did not write")
-    out.add_argument("--plot", metavar="FILE", help="a PNG of the loss and accuracy curves (needs the plot extra)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar (the running loss is printed every --log-every steps instead)")
-    out.add_argument("--log-every", metavar="N", type=number_arg(int, minimum=1), default=100, help="steps between running-loss records (default 100)")
-    out.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files there (needs the tensorboard extra)")
+    out.add_argument("--metrics", metavar="FILE", help="JSON lines: one record per epoch, and one every --log-every steps (default: none)")
+    out.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint there after every epoch (default: none)")
+    out.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir (default: off)")
+    out.add_argument("--overwrite", action="store_true", help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced), and let --plot replace a PNG rawgpu did not write (default: off)")
+    out.add_argument("--plot", metavar="FILE", help="a PNG (FILE.png) of the loss and accuracy curves (needs the plot extra) (default: none)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar (the running loss is printed every --log-every steps instead) (default: off)")
+    out.add_argument("--log-every", metavar="N", type=number_arg(int, minimum=1), default=100, help="steps between running-loss records (default: %(default)s)")
+    out.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files there (needs the tensorboard extra) (default: none)")
     t.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each training step as a CUDA graph from the second epoch on (default: on for the cuda engine)")
     return parser
@@ -120,16 +141,22 @@ def _train(args) -> int:
     outputs.check_file(ckpt_file, "--checkpoint-dir")  # a pipe there would hang --resume, a name too long would fail the save
     outputs.check_distinct({"--metrics": args.metrics, "--plot": args.plot, "--checkpoint-dir": ckpt_file}, {})
     if args.plot is not None:
-        from rawgpu.plot import require_matplotlib
+        from rawgpu.plot import check_suffix, require_matplotlib
 
+        check_suffix(args.plot)
         require_matplotlib()
+    if args.resume:  # a checkpoint that cannot be resumed is refused before the data loads (a download is work too)
+        from rawgpu import checkpoint
+
+        checkpoint.load(args.checkpoint_dir)
     eng = rawgpu.use(args.device) if args.device else rawgpu.current()
-    dataset = _load_data(args, log)
+    dataset = _load_data(args, log).first(args.limit_train, args.limit_test)
     log(f"data: {dataset.source}")
     if eng.name == "sim":
         log(
             "note: the simulator runs every CUDA thread as a Python thread, thousands of times slower "
-            "than a GPU; at 784 inputs expect minutes per batch (it is for stepping through kernels on tiny data)"
+            "than a GPU (it is for stepping through kernels on tiny data): keep --hidden and --batch-size "
+            "small and cut the data with --limit-train/--limit-test"
         )
     log(
         f"engine: {eng.name} ({eng.reason}); network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}, "
@@ -174,72 +201,75 @@ def _run_command(argv) -> int:
         print(f"rawgpu: error: out of memory ({detail}); lower --hidden or --batch-size", file=sys.stderr)
         return 1
     except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
-        if _Interrupts.seen:  # a Ctrl-C that surfaced inside C code as some other error
+        if Signals.seen:  # a Ctrl-C or SIGTERM that surfaced inside C code as some other error
             raise KeyboardInterrupt from None
         # DataError, CheckpointError and OutputError are ValueErrors; their messages name the file or flag.
         print(f"rawgpu: error: {exc}", file=sys.stderr)
         return 1
 
 
-class _Interrupts:
-    """Python's own Ctrl-C handler raises KeyboardInterrupt wherever the interpreter happens to be.
-    Inside C code that is not always what arrives: tried 150 times at random moments of a run, a
-    Ctrl-C once came out of CPython's warnings machinery as ``TypeError: expected a message
-    argument``. So the command's handler also notes that a Ctrl-C came, and whatever error follows
-    one is reported as the interruption it was."""
-
-    seen = False
-
-    @classmethod
-    def handler(cls, signum, frame):
-        cls.seen = True
-        raise KeyboardInterrupt
-
-    @classmethod
-    def install(cls):
-        """Put the handler in place of Python's default one; returns what to restore, or None."""
-        cls.seen = False
-        try:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
-                return signal.signal(signal.SIGINT, cls.handler)
-        except ValueError:  # not the main thread: signal handlers cannot be set there
-            pass
-        return None
-
-
-
 def main(argv=None) -> int:
     """The command, as a function: returns the exit status. Ctrl-C at any moment, even while
-    modules load, is one line and status 130."""
-    previous = _Interrupts.install()
+    modules load, is one line and status 130; SIGTERM is one line and 143 (:mod:`rawgpu.signals`)."""
+    previous = Signals.install()
+    code = None
     try:
         code = _run_command(argv)
-    except KeyboardInterrupt:
-        code = INTERRUPTED
+    except KeyboardInterrupt:  # Terminated (SIGTERM) is one too
+        pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if code == INTERRUPTED or _Interrupts.seen:
-        print("rawgpu: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        Signals.restore(previous)
+    if code is None or Signals.seen is not None:
+        return Signals.report()
     return code
+
+
+def _status() -> int | None:
+    """main()'s status (None: a signal cut in as main finished). From its end on, a signal is
+    only noted (Signals.quiet), so none can cut the exit short."""
+    try:
+        try:
+            return main()
+        finally:
+            Signals.quiet()
+    except KeyboardInterrupt:  # came as main returned, before quiet() took hold
+        return None
+    except SystemExit as exc:  # argparse's own exits: --help, --version, a bad flag
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        raise
 
 
 def run() -> None:
     """The ``rawgpu`` command's entry point (and ``python -m rawgpu``'s): exits with main's status.
 
-    After a Ctrl-C it leaves with ``os._exit``, once the output is flushed: a KeyboardInterrupt
-    that passed through code CPython ran with ``PyRun_String`` (Cython modules' set-up does) leaves
-    a flag behind that makes a normal exit kill the process with SIGINT, status -2, instead of
-    returning 130. Everything rawgpu writes is already closed by then (files are written whole
-    and renamed), so nothing is lost by skipping the interpreter's clean-up.
+    The signal handler goes in first, before argparse, NumPy or anything else loads. (Before
+    this function runs, the interpreter is still starting up, and a Ctrl-C there is Python's.)
+    After main, a SIGINT or SIGTERM is only noted, and one that came in the last moments (the
+    final line printed, the files closed) still ends the command as interrupted or terminated.
+    (Blocking the signals would not do: they are sent to the process, and any of NumPy's or
+    Numba's threads may take one.) Then the process leaves with ``os._exit`` once the output is
+    flushed, without the interpreter's
+    clean-up: that takes tens of milliseconds in which a signal would kill the process with no
+    word (status -2), and a KeyboardInterrupt that passed through code CPython ran with
+    ``PyRun_String`` (Cython modules' set-up does) leaves a flag behind that turns a normal exit
+    into death by SIGINT. Everything rawgpu writes is closed by then (files are written whole
+    and renamed), so nothing is lost by skipping it.
     """
-    code = main()
-    if code == INTERRUPTED:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(INTERRUPTED)
-    sys.exit(code)
+    Signals.install()
+    code = _status()
+    if hasattr(signal, "sigpending") and Signals.seen is None:  # one that waits, blocked in this thread
+        late = signal.sigpending() & set(EXITS)
+        if late:
+            Signals.seen = min(late)
+    if code is None or (Signals.seen is not None and code not in {c for c, _ in EXITS.values()}):
+        code = Signals.report()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (rawgpu info | head -1), a closed stream
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,13 @@ def probe_gpu() -> tuple[bool, str]:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
+        # CuPy's runtime calls a missing driver "insufficient", as if an upgrade would help:
+        # ask the driver itself first, which names a missing libcuda.so.1 as such.
+        from rawgpu.kernels.matmul._common import driver_gpus
+
+        has_driver, why = driver_gpus()
+        if not has_driver:
+            return False, why
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "InsufficientDriver" in message or "NoDevice" in message or "driver" in message.lower():
             return False, f"no usable NVIDIA driver or GPU ({message})"

@@ -17,7 +17,8 @@ and, on the host, the images once more while they are scaled to float32 (the ``c
 then copies them over; on ``numpy`` and ``sim`` that copy is the engine's). The estimate is
 compared with what is free: host memory (``MemAvailable``, and the cgroup's limit where one is
 set) for ``numpy`` and ``sim``, the GPU's free memory for ``cuda``. A run that cannot fit is
-refused in one line that names ``--hidden`` and ``--batch-size``, before it spends an epoch.
+refused in one line, before it spends an epoch, that names ``--hidden`` and ``--batch-size``, or,
+where the dataset is the largest part, the data and ``--limit-train``/``--limit-test``.
 """
 
 from __future__ import annotations
@@ -93,12 +94,18 @@ def device_available(xp) -> int | None:
         return None
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
+    """A size for people: GiB from a quarter of one up, else MiB (TiB past 1024 GiB)."""
+    if n >= 2**40:
+        return f"{n / 2**40:.1f} TiB"
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
-def check_fits(parts: dict, *, engine: str, hidden: int, batch_size: int, available_engine: int | None, available_host: int | None) -> None:
-    """Raise :class:`MemoryEstimateError` when the run cannot fit where it will run."""
+def check_fits(parts: dict, *, engine: str, hidden: int, batch_size: int, available_engine: int | None, available_host: int | None,
+               data: str | None = None) -> None:
+    """Raise :class:`MemoryEstimateError` when the run cannot fit where it will run. Where the
+    dataset is the largest part, the message names ``data`` (where it came from) and the flags
+    that take part of it, not --hidden."""
     on_engine = sum(v for k, v in parts.items() if k != "host staging")
     host_need = parts["host staging"] + (on_engine if engine != "cuda" else 0)
     checks = [("host memory", host_need, available_host)]
@@ -108,8 +115,14 @@ def check_fits(parts: dict, *, engine: str, hidden: int, batch_size: int, availa
         # 90%: the estimate leaves out the interpreter, the libraries and allocator slack.
         if have is not None and need > 0.9 * have:
             biggest = max((k for k in parts if k != "host staging"), key=parts.get)
+            if biggest == "dataset":
+                raise MemoryEstimateError(
+                    f"this run needs about {gib(need)} of {where} but {gib(have)} is available; the largest part is the "
+                    f"dataset ({data or 'its images'}), {gib(parts[biggest])} on the engine: train on part of it with "
+                    f"--limit-train/--limit-test, or use a machine with more memory"
+                )
             raise MemoryEstimateError(
-                f"this run needs about {_gib(need)} of {where} but {_gib(have)} is available "
-                f"(the largest part: {biggest}, {_gib(parts[biggest])}, with --hidden {hidden} and --batch-size {batch_size}); "
+                f"this run needs about {gib(need)} of {where} but {gib(have)} is available "
+                f"(the largest part: {biggest}, {gib(parts[biggest])}, with --hidden {hidden} and --batch-size {batch_size}); "
                 f"lower --hidden or --batch-size"
             )

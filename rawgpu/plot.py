@@ -21,6 +21,16 @@ def require_matplotlib():
     return plt
 
 
+def check_suffix(path) -> None:
+    """Refuse a --plot name whose suffix names another format than the PNG rawgpu writes (a .jpg
+    holding PNG bytes would fool every viewer that trusts the name); checked before any work."""
+    suffix = os.path.splitext(os.fspath(path))[1]
+    if suffix.lower() != ".png":
+        raise ValueError(
+            f"--plot {path}: rawgpu writes plots as PNG, but the name ends in {suffix or 'no suffix'!r}; name the file *.png"
+        )
+
+
 def save_figure(fig, path, flag: str = "--plot") -> None:
     """Write a figure atomically (temporary file, then rename), so no half-written PNG is left.
 

@@ -13,8 +13,10 @@ Crash consistency. The checkpoint carries the metrics record of every epoch it h
 killed at any moment leaves a checkpoint of some epoch ``e`` (or none) and a metrics file that
 may run ahead of it; resuming rewrites the metrics file to exactly epochs ``1..e`` from the
 checkpoint before going on, so after any number of kills and resumes it holds each epoch once,
-in order. A diverged run (a non-finite loss at any step, non-finite weights or test loss after
-an epoch) stops with an error naming the epoch and step, and saves nothing.
+in order. A Ctrl-C or SIGTERM (:mod:`rawgpu.signals`) that comes while an epoch's checkpoint
+and metrics line are written waits for both. A diverged run (a non-finite loss at any step,
+non-finite weights or test loss after an epoch) stops with an error naming the epoch and step,
+and saves nothing.
 
 Only the training steps count towards an epoch's ``seconds``; evaluation and checkpointing
 are outside the clock.
@@ -33,7 +35,7 @@ import numpy as np
 
 from rawgpu import checkpoint as ckpt
 from rawgpu import engine as _engine
-from rawgpu import memory, metrics_file, ops, outputs
+from rawgpu import memory, metrics_file, ops, outputs, signals
 from rawgpu.atomic import atomic_file
 from rawgpu.graphs import StepGraphs, training_stream
 from rawgpu.model import TwoLayerMLP
@@ -194,14 +196,32 @@ def _append_metrics(path, record: dict, *, durable: bool = True) -> None:
             os.fsync(fh.fileno())
 
 
+#: The ranges SGD settings usually come from: a run that diverges outside them is blamed on them.
+USUAL = {
+    "lr": (0.0, 0.1, "usually 0.1 or less"),
+    "momentum": (0.0, 0.99, "usually 0 to 0.99: from 1 on the velocity grows without bound"),
+    "weight_decay": (0.0, 0.01, "usually 0 to 0.01"),
+}
+
+
+def divergence_hint(config: "TrainConfig") -> str:
+    """What to change after a divergence: the settings outside their usual range, else --lr."""
+    unusual = [
+        f"--{name.replace('_', '-')} {getattr(config, name):g} ({why})"
+        for name, (low, high, why) in USUAL.items() if not low <= getattr(config, name) <= high
+    ]
+    if unusual:
+        return f"these settings are outside the usual range: {'; '.join(unusual)}"
+    return f"try a lower learning rate (--lr, now {config.lr:g})"
+
+
 def _stop_if_diverged(now: dict, done: int, steps: int, config: "TrainConfig") -> None:
     """Raise if the device recorded a non-finite loss: it kept the exact step, the host names it."""
     if now["first_bad_step"]:
         bad = done * steps + now["first_bad_step"]  # the device counts the steps of this run
         epoch, step = (bad - 1) // steps + 1, (bad - 1) % steps + 1
         raise TrainingError(
-            f"the loss became non-finite at epoch {epoch}, step {step}; "
-            f"training stopped: try a lower learning rate (--lr, now {config.lr:g})"
+            f"the loss became non-finite at epoch {epoch}, step {step}; training stopped: {divergence_hint(config)}"
         )
 
 
@@ -224,7 +244,7 @@ def _check_memory(eng, dataset, config: "TrainConfig", in_features: int) -> None
     memory.check_fits(
         parts, engine=eng.name, hidden=config.hidden, batch_size=config.batch_size,
         available_engine=memory.device_available(eng.xp) if eng.is_device else None,
-        available_host=memory.host_available(),
+        available_host=memory.host_available(), data=getattr(dataset, "source", None),
     )
 
 
@@ -322,6 +342,7 @@ class _Run:
     graphs: StepGraphs | None = None  # CUDA graphs of the steps (cuda engine)
     tb: object = None  # the TensorBoard log, where asked for
     metrics_final: str | None = None  # a fresh run's --metrics, replaced by metrics_path at its first epoch record
+    window: dict | None = None  # resumed: where the open --log-every window began (see _restore_sums)
 
 
 def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None, graphs=None) -> list[dict]:
@@ -361,6 +382,7 @@ def _start(run: _Run, resume: bool) -> tuple[int, list]:
     _check_resumable(meta, run.model, run.dataset_id, run.config, run.checkpoint_dir, run.log)
     run.model.load_state_dict(params)
     run.opt.load_state_dict(velocity)
+    _restore_sums(run, meta.get("step_sums"))
     run.log(f"resumed from {ckpt.path_in(run.checkpoint_dir)} after epoch {meta['epochs_done']}")
     if run.metrics_path is not None:
         with outputs.writing("--metrics", run.metrics_path):
@@ -368,12 +390,29 @@ def _start(run: _Run, resume: bool) -> tuple[int, list]:
     return meta["epochs_done"], meta["history"]
 
 
+def _restore_sums(run: _Run, sums: dict | None) -> None:
+    """Carry the loss sums over a resume, so its step and epoch records equal the uninterrupted run's.
+
+    A --log-every window can straddle an epoch's end: a record's mean then covers steps from
+    before the checkpoint. The checkpoint keeps the device's loss sums at its epoch's end and the
+    open window (the mean-loss sum at the last step record, and the steps since); they go back
+    into the fresh model's sums, so every later difference is the very same float64 subtraction
+    the uninterrupted run makes. (Checkpoints from before this field simply start a new window.)
+    The step counter is not restored: the device counts this run's steps (see _stop_if_diverged).
+    """
+    if sums is None:
+        return
+    run.model.stats.sums[...] = run.eng.asarray(np.array([sums["loss_sum"], sums["mean_sum"]], dtype=np.float64))
+    run.window = {"mean_sum": sums["window_mean_sum"], "steps": -sums["window_steps"]}
+
+
 def _epochs(run: _Run, done: int, history: list) -> list[dict]:
     """Epochs ``done + 1 .. epochs``: train, evaluate, checkpoint, log."""
     records = []
     # The device keeps the running loss sums and the first non-finite step (model.stats); the
     # host reads them every log_every steps and at each epoch's end, never per step.
-    seen = last = run.model.stats.read()  # at the last step record, and at the last epoch's end
+    last = run.model.stats.read()  # at the last epoch's end
+    seen = {**last, **run.window} if run.window else last  # at the last step record
     for epoch in range(done + 1, run.config.epochs + 1):
         bar = Progress(run.steps, f"epoch {epoch}/{run.config.epochs}", enabled=run.progress)
         run.eng.synchronize()
@@ -385,7 +424,10 @@ def _epochs(run: _Run, done: int, history: list) -> list[dict]:
         record = _evaluate(run, epoch, loss_sum, seconds, bar)
         records.append(record)
         history = history + [record]
-        _save_epoch(run, epoch, record, history)
+        sums = {"loss_sum": now["loss_sum"], "mean_sum": now["mean_sum"],
+                "window_mean_sum": seen["mean_sum"], "window_steps": now["steps"] - seen["steps"]}
+        with signals.deferred():  # a Ctrl-C or SIGTERM waits until the checkpoint and its metrics line are both written
+            _save_epoch(run, epoch, record, history, sums)
     return records
 
 
@@ -442,7 +484,7 @@ def _evaluate(run: _Run, epoch: int, loss_sum: float, seconds: float, bar) -> di
         bar.close()
         raise TrainingError(
             f"the weights became non-finite at epoch {epoch}, step {run.steps} (its last update; the test loss is {test_loss}); "
-            f"training stopped and nothing of this epoch was saved: try a lower learning rate (--lr, now {run.config.lr:g})"
+            f"training stopped and nothing of this epoch was saved: {divergence_hint(run.config)}"
         )
     record = _epoch_record(epoch, loss_sum, len(run.train_split), test_loss, test_acc, seconds)
     summary = (
@@ -455,7 +497,7 @@ def _evaluate(run: _Run, epoch: int, loss_sum: float, seconds: float, bar) -> di
     return record
 
 
-def _save_epoch(run: _Run, epoch: int, record: dict, history: list) -> None:
+def _save_epoch(run: _Run, epoch: int, record: dict, history: list, step_sums: dict) -> None:
     # The checkpoint first, then the metrics line: a kill between the two leaves a metrics
     # file one epoch behind, which the next --resume restores from the checkpoint's history.
     outputs.PathLock.verify_held()
@@ -466,7 +508,7 @@ def _save_epoch(run: _Run, epoch: int, record: dict, history: list) -> None:
             velocity=run.opt.state_dict(),
             meta={
                 "epochs_done": epoch, "architecture": run.model.architecture, "config": asdict(run.config),
-                "dataset": run.dataset_id, "engine": run.eng.name, "history": history,
+                "dataset": run.dataset_id, "engine": run.eng.name, "history": history, "step_sums": step_sums,
             },
         )
     if run.metrics_path is not None:

@@ -657,6 +657,20 @@ BROKEN = {
     "W2 complex": (lambda p: _rewrite(p, arrays={"param/W2": np.zeros((16, 10), np.complex64)}), "param W2 is complex64"),
     "W1 NaN": (lambda p: _rewrite(p, arrays={"param/W1": np.full((784, 16), np.nan, np.float32)}), "non-finite"),
     "W2 wrong shape": (lambda p: _rewrite(p, arrays={"param/W2": np.zeros((10, 16), np.float32)}), "has shape (10, 16)"),
+    # Issue 16: a header edited by hand, still valid JSON in a valid zip. The first one trained a
+    # whole epoch and then died with KeyError: 'train_loss'.
+    "history record without its losses": (lambda p: _rewrite(p, meta={**_meta(p), "history": [{"epoch": 1}]}), "history[0] has no 'train_loss'"),
+    "NaN in history": (lambda p: _rewrite(p, meta=json.dumps({**_meta(p), "history": [{**_meta(p)["history"][0], "test_loss": float("nan")}]})),
+                       "history[0] 'test_loss' is nan, not a finite number >= 0"),
+    "history of strings": (lambda p: _rewrite(p, meta={**_meta(p), "history": ["epoch 1"]}), "history[0] is a JSON str, not an object"),
+    "history accuracy a string": (lambda p: _rewrite(p, meta={**_meta(p), "history": [{**_meta(p)["history"][0], "test_accuracy": "0.8"}]}),
+                                  "history[0] 'test_accuracy' is '0.8', not a finite number from 0 to 1"),
+    "config empty": (lambda p: _rewrite(p, meta={**_meta(p), "config": {}}), "its config has no 'epochs'"),
+    "lr fast": (lambda p: _rewrite(p, meta={**_meta(p), "config": {**_meta(p)["config"], "lr": "fast"}}), "its config 'lr' is 'fast', not a finite number > 0"),
+    "batch_size 0": (lambda p: _rewrite(p, meta={**_meta(p), "config": {**_meta(p)["config"], "batch_size": 0}}), "its config 'batch_size' is 0, not a whole number"),
+    "step_sums negative": (lambda p: _rewrite(p, meta={**_meta(p), "step_sums": {**_meta(p)["step_sums"], "window_steps": -1}}),
+                           "its step_sums 'window_steps' is -1, not a whole number >= 0"),
+    "nesterov a string": (lambda p: _rewrite(p, meta={**_meta(p), "config": {**_meta(p)["config"], "nesterov": "no"}}), "its config 'nesterov' is 'no', not true or false"),
 }
 
 
@@ -670,6 +684,14 @@ def test_a_broken_checkpoint_is_refused_in_one_line_and_left_untouched(capsys, t
     assert_short_error(code, err, str(path), message)
     assert "learning rate" not in err  # NaN weights were blamed on --lr
     assert snapshot(path) == before
+
+
+def test_a_broken_checkpoint_header_is_refused_before_the_data_loads(capsys, tmp_path):
+    path = trained_checkpoint(capsys, tmp_path)
+    _rewrite(path, meta={**_meta(path), "config": {**_meta(path)["config"], "lr": "fast"}})
+    code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "2", "--resume", "--checkpoint-dir", str(tmp_path))
+    assert_short_error(code, err, "'lr' is 'fast'")
+    assert "data:" not in err and "engine:" not in err
 
 
 # --- resuming with other settings --------------------------------------------------------------

@@ -75,6 +75,30 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [ckpt.FILENAME]
 
 
+def _records(path):
+    """A metrics file's records, without the timings (which no two runs share)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in lines]
+
+
+@pytest.mark.parametrize("stops", [[1], [2], [3], [1, 2, 3]])
+def test_resumed_step_records_equal_the_uninterrupted_runs(tmp_path, stops):
+    """Issue 16: a --log-every window that straddles an epoch's end restarted on resume, so the
+    resumed run's first step record averaged fewer steps than the uninterrupted run's. 300 images
+    at batch 43 are 7 steps an epoch and --log-every 5 puts a record at steps 5, 10, 15, 20, 25:
+    every epoch's end falls inside a window. A kill after epoch k is a run of k epochs."""
+    cfg = dict(batch_size=43, hidden=8, lr=0.05, seed=3)
+    kw = dict(QUIET, log_every=5)
+    train(blobs(), TrainConfig(epochs=4, **cfg), metrics_path=tmp_path / "straight.jsonl", **kw)
+    metrics, ck = tmp_path / "resumed.jsonl", tmp_path / "ck"
+    train(blobs(), TrainConfig(epochs=stops[0], **cfg), metrics_path=metrics, checkpoint_dir=ck, **kw)
+    for epochs in stops[1:] + [4]:
+        train(blobs(), TrainConfig(epochs=epochs, **cfg), metrics_path=metrics, checkpoint_dir=ck, resume=True, **kw)
+    straight, resumed = _records(tmp_path / "straight.jsonl"), _records(metrics)
+    assert [r.get("step") for r in straight if "step" in r] == [5, 10, 15, 20, 25]
+    assert resumed == straight  # exactly: the same float64 sums, subtracted the same way
+
+
 def test_resume_of_another_architecture_is_refused_and_untouched(tmp_path):
     train(blobs(), TrainConfig(epochs=1, batch_size=50, hidden=8), checkpoint_dir=tmp_path, **QUIET)
     path = tmp_path / ckpt.FILENAME
@@ -93,8 +117,23 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_a_diverging_loss_stops_with_epoch_and_step():
-    with pytest.raises(TrainingError, match=r"at epoch 1, step \d+; training stopped: try a lower learning rate"):
+    with pytest.raises(TrainingError, match=r"at epoch 1, step \d+; training stopped: these settings are outside the usual range: --lr 1e\+06"):
         train(blobs(), TrainConfig(epochs=2, batch_size=10, hidden=8, lr=1e6), **QUIET)
+
+
+@pytest.mark.parametrize(
+    "settings,hint",
+    [
+        (dict(lr=0.05, momentum=1.5), "outside the usual range: --momentum 1.5 (usually 0 to 0.99"),
+        (dict(lr=0.05, weight_decay=100.0), "outside the usual range: --weight-decay 100 (usually 0 to 0.01)"),
+        (dict(lr=5.0, momentum=1.2), "--lr 5 (usually 0.1 or less); --momentum 1.2"),
+    ],
+)
+def test_the_divergence_hint_names_the_unusual_settings(settings, hint):
+    """It always blamed --lr, even where --momentum 1.5 was the cause."""
+    with pytest.raises(TrainingError, match="non-finite") as caught:
+        train(blobs(), TrainConfig(epochs=30, batch_size=10, hidden=8, **settings), **QUIET)
+    assert hint in str(caught.value) and "try a lower learning rate" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

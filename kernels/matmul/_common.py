@@ -91,13 +91,19 @@ def launch_2d(kernel, cfg, a, b, out, grid, stream):
 
 
 def gpu_usable() -> tuple[bool, str]:
-    """Whether a CUDA GPU can be used, asked of the driver directly (no numba.cuda, no CuPy)."""
+    """Whether a CUDA GPU can be used: not where the simulator is switched on, else :func:`driver_gpus`."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         return False, "NUMBA_ENABLE_CUDASIM=1"
+    return driver_gpus()
+
+
+def driver_gpus() -> tuple[bool, str]:
+    """Whether the NVIDIA driver sees a GPU, asked of the driver directly (no numba.cuda, no
+    CuPy, so the answer names a missing driver rather than a runtime's complaint about it)."""
     try:
         lib = ctypes.CDLL("libcuda.so.1")
     except OSError:
-        return False, "no CUDA driver (libcuda.so.1 not found)"
+        return False, "no NVIDIA driver found (libcuda.so.1)"
     if lib.cuInit(0) != 0:
         return False, "the CUDA driver found no usable GPU"
     count = ctypes.c_int(0)

@@ -23,7 +23,7 @@ and the trainer copies those to the device once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,20 @@ class Dataset:
     @property
     def image_shape(self) -> tuple:
         return tuple(self.train_images.shape[1:])
+
+    def first(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
+        """The same dataset cut to its first ``n_train`` training and ``n_test`` test images
+        (None: all of that split; more than there are: all of them). The slices are views, and
+        the source sentence says what was kept."""
+        keep_train = len(self.train_labels) if n_train is None else min(n_train, len(self.train_labels))
+        keep_test = len(self.test_labels) if n_test is None else min(n_test, len(self.test_labels))
+        if (keep_train, keep_test) == (len(self.train_labels), len(self.test_labels)):
+            return self
+        return replace(
+            self, train_images=self.train_images[:keep_train], train_labels=self.train_labels[:keep_train],
+            test_images=self.test_images[:keep_test], test_labels=self.test_labels[:keep_test],
+            source=f"{self.source}; its first {keep_train} train / {keep_test} test images",
+        )
 
     def __repr__(self) -> str:
         return (

@@ -29,6 +29,7 @@ import numpy as np
 
 from rawgpu.atomic import atomic_file
 from rawgpu.data.errors import FIX_LOCAL, DataError
+from rawgpu.memory import gib, host_available
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -147,6 +148,17 @@ def parse_idx(data: bytes, path="<bytes>", *, fix: str = FIX_LOCAL) -> np.ndarra
     return array.astype(DTYPES[code].newbyteorder("="), copy=True)
 
 
+def _check_fits_in_memory(path, dims: str, expected: int) -> None:
+    """Refuse, naming the file, an IDX file whose data cannot fit in memory: reading it takes its
+    bytes and a native-endian copy, and an out-of-memory error later would blame --hidden."""
+    free = host_available()
+    if free is not None and 2 * expected > 0.9 * free:
+        raise DataError(
+            f"{os.fspath(path)}: the header says {dims} ({gib(expected)}); reading it needs {gib(2 * expected)} of memory "
+            f"but {gib(free)} is available: use a smaller dataset, or a machine with more memory"
+        )
+
+
 def read_idx(path, *, fix: str = FIX_LOCAL) -> np.ndarray:
     """Read the IDX file at ``path`` (raw or gzip) into a native-endian NumPy array.
 
@@ -162,6 +174,7 @@ def read_idx(path, *, fix: str = FIX_LOCAL) -> np.ndarray:
         code, ndim, header = _header(head, path, fix)
         head += _read_exactly(stream, header - 4, path, fix)
         shape, expected, dims = _declared(head, code, ndim, path, fix)
+        _check_fits_in_memory(path, dims, expected)
         if not gz:
             got = os.fstat(fh.fileno()).st_size - header
             if got != expected:
