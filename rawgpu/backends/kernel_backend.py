@@ -1,17 +1,20 @@
 """The ``cuda`` and ``sim`` engines' launchers: the ops run as the Numba kernels in ``rawgpu.kernels``.
 
 The op layer (rawgpu/ops.py) has checked the arguments; a method here turns them into the
-kernel's arguments (device-array views) and launches on the engine's stream. The training step's
-six launches are worked out once per shape and kept (see ``_launch``).
+kernel's arguments (views, from :class:`ViewCache`) and launches on the engine's stream. The
+training step's six launches are worked out once per shape and kept with their argument tuples
+(see ``_launch``).
 
 The two engines share this code. On ``cuda`` the arrays are CuPy arrays, handed to Numba as
 device-array views (no copy) and launched on CuPy's current stream, so Numba kernels and CuPy
-work queue up in order without host synchronisation. On ``sim`` the arrays are NumPy arrays and
-the kernels run in Numba's CUDA simulator, with small tiles and thread blocks because the
-simulator runs one OS thread per CUDA thread.
+work queue up in order without host synchronisation. On ``sim`` the arrays are NumPy arrays, their
+views NumPy arrays made the same way, and the kernels run in Numba's CUDA simulator, with small
+tiles and thread blocks because the simulator runs one OS thread per CUDA thread.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -63,6 +66,92 @@ def _row_threads(classes, cap):
     return max(threads, 1)
 
 
+class ViewCache:
+    """The kernels' views of engine arrays: made once per buffer, dropped when the buffer dies.
+
+    A kernel takes a *view* of an array: on ``cuda``, a Numba device array made from the CuPy
+    array's ``__cuda_array_interface__``. Making one costs more host time than the launch it
+    serves, so a view is made once per buffer and kept, keyed by what it describes (address,
+    shape, strides, dtype): a fresh slice of the same memory, as each training batch is, finds it.
+
+    What the cache must not do is keep memory alive. A view here is made *without* an owner (it
+    holds the address, not the array), and each entry holds only a weak reference to the array at
+    the root of its array's ``.base`` chain, the one that owns the memory. When that array is
+    collected, the weak reference's callback removes the entry, before the memory can be handed to
+    a new array. So the cache holds exactly one entry per live buffer that was launched on, and a
+    loop of ``ops.matmul(a, b)`` with fresh outputs leaves it (and the GPU's memory) flat.
+
+    The ``sim`` engine runs the same code with NumPy arrays: its view is a NumPy array made from the
+    array's ``__array_interface__`` with no owner, the host's twin of the device view.
+    """
+
+    def __init__(self, key, make):
+        self._key = key  # array -> (address, shape, strides, dtype)
+        self._make = make  # array -> a view of it that does not keep it alive
+        self._views: dict = {}  # key -> (view, weak reference to the memory's owner)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __call__(self, arr):
+        key = self._key(arr)
+        entry = self._views.get(key)
+        if entry is None:
+            owner = arr
+            while isinstance(owner.base, type(owner)):  # a view's .base leads to the array owning the memory
+                owner = owner.base
+            entry = self._views[key] = (self._make(arr), weakref.ref(owner, lambda _, key=key: self._views.pop(key, None)))
+        return entry[0]
+
+
+def _cupy_key(arr):
+    return arr.data.ptr, arr.shape, arr.strides, arr.dtype.char
+
+
+def _numpy_key(arr):
+    return arr.__array_interface__["data"][0], arr.shape, arr.strides, arr.dtype.char
+
+
+class _Borrowed:
+    """An ``__array_interface__`` alone: ``np.asarray`` of it is an array that does not own (or
+    keep alive) the memory it describes, as Numba's view made with ``owner=None`` on a GPU."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, interface):
+        self.__array_interface__ = interface
+
+
+def _numpy_view(arr):
+    return np.asarray(_Borrowed(arr.__array_interface__))
+
+
+class _Prepared:
+    """One kept launch and the argument tuple it was last called with, views already made.
+
+    A step calls each launch with the same arrays every time (the model's parameters and work
+    buffers), so the tuple is made once and reused while the arrays are the same objects. The
+    check is by identity (``id``); weak references make it safe: when an array is collected its
+    callback forgets the tuple before that ``id`` can be given to a new object.
+    """
+
+    __slots__ = ("launch", "scalars", "ids", "args", "refs")
+
+    def __init__(self, launch, scalars):
+        self.launch, self.scalars = launch, scalars
+        self.ids = self.args = self.refs = None
+
+    def __call__(self, arrays, views) -> None:
+        if tuple(map(id, arrays)) != self.ids:
+            self.refs = [weakref.ref(a, self._forget) for a in arrays]
+            self.args = (*map(views, arrays), *self.scalars)
+            self.ids = tuple(map(id, arrays))
+        self.launch(*self.args)
+
+    def _forget(self, _dead) -> None:
+        self.ids = None
+
+
 class KernelBackend:
     def __init__(self, simulator: bool):
         self.name = "sim" if simulator else "cuda"
@@ -73,31 +162,19 @@ class KernelBackend:
         self._gpu = None
         if simulator:
             self.xp = np
-            self._view = lambda arr: arr
+            self.views = ViewCache(_numpy_key, _numpy_view)
             self._stream = lambda: 0
         else:
             import cupy
             from numba import cuda
 
             self.xp = cupy
-            # A Numba view of a CuPy array is made once per buffer and reused: building one
-            # (as_cuda_array) costs more host time than the launch it serves. A view is only a
-            # descriptor (address, shape, strides, dtype), so the same key means the same view,
-            # even for a new CuPy array that the memory pool placed at a freed one's address.
             # sync=False: CuPy arrays export their stream, and by default Numba would wait on it
-            # before every launch. We launch on that same stream, so the wait is never needed.
-            views: dict = {}
-
-            def view(arr):
-                key = (arr.data.ptr, arr.shape, arr.strides, arr.dtype.char)
-                v = views.get(key)
-                if v is None:
-                    if len(views) >= 4096:  # a training run uses a few dozen; this bounds odd callers
-                        views.clear()
-                    v = views[key] = cuda.as_cuda_array(arr, sync=False)
-                return v
-
-            self._view = view
+            # before making the view. We launch on that same stream, so the wait is never needed.
+            # owner=None: the view must not keep the CuPy array alive (see ViewCache).
+            self.views = ViewCache(
+                _cupy_key, lambda arr: cuda.from_cuda_array_interface(arr.__cuda_array_interface__, owner=None, sync=False)
+            )
             streams: dict = {}
 
             def current_stream():
@@ -126,7 +203,7 @@ class KernelBackend:
             cfg = self.settings["matmul"][variant]
         else:
             variant, cfg = self.matmul_pick(out.shape[0], out.shape[1], b.shape[1] if trans_b else b.shape[0], trans_a, trans_b)
-        v = self._view
+        v = self.views
         # split-K's workspace for its partial tiles: allocated once per shape, reused (stream order
         # keeps one product's sum ahead of the next product's writes).
         ws_shape = matmul.workspace_shape(cfg, out.shape[0], out.shape[1])
@@ -158,26 +235,26 @@ class KernelBackend:
         return self._gpu
 
     def bias_add(self, x, bias, out):
-        v = self._view
+        v = self.views
         elementwise.bias_add(v(x), v(bias), v(out), threads=self.settings["threads"], stream=self._stream())
 
     def bias_relu(self, x, bias, out):
-        v = self._view
+        v = self.views
         elementwise.bias_relu(v(x), v(bias), v(out), threads=self.settings["threads"], stream=self._stream())
 
     def relu_backward(self, grad, act, out):
-        v = self._view
+        v = self.views
         elementwise.relu_backward(v(grad), v(act), v(out), threads=self.settings["threads"], stream=self._stream())
 
     def col_sum(self, x, out):
-        v = self._view
+        v = self.views
         reductions.col_sum(v(x), v(out), stream=self._stream(), **self.settings["col_sum"])
 
     def softmax_cross_entropy(self, logits, labels, grad):
         rows, classes = logits.shape
         row_loss = self._buf("row_loss", (rows,))
         result = self.xp.empty((1,), np.float32)  # fresh: the caller may keep the loss of every step
-        v = self._view
+        v = self.views
         loss.softmax_cross_entropy(
             v(logits), v(labels), v(grad), v(row_loss), v(result),
             threads=_row_threads(classes, self.settings["row_threads_max"]), stream=self._stream(),
@@ -189,26 +266,29 @@ class KernelBackend:
     # These are the step's launchers. The op layer (rawgpu/ops.py) has checked every argument, so
     # all that is left is to find this shape's launch and call the kernel. The first call for a
     # shape asks the kernel module for the grid and block (a kernels._launch.Launch), specialises
-    # it to the argument types (Numba then skips its per-launch type dispatch) and keeps it; every
-    # later call is a dict lookup, the arguments' views, and the launch.
+    # it to the argument types (Numba then skips its per-launch type dispatch) and keeps it with
+    # the argument tuple (the arrays' views, then the scalars); every later call with the same
+    # arrays is a dict lookup, a comparison of the arrays' ids, and the launch.
 
-    def _launch(self, args, plan, *plan_args):
-        """Launch ``args``; the launch is ``plan(*plan_args)``, made on the first call with these
-        plan arguments (the kernel's shape, configuration and stream) and kept."""
-        key = (plan, *plan_args)
-        launch = self._launches.get(key, _UNPLANNED)
-        if launch is _UNPLANNED:
+    def _launch(self, arrays, plan, *plan_args, scalars=()):
+        """Launch ``plan(*plan_args)`` on the engine arrays ``arrays`` followed by ``scalars``; the
+        launch is made on the first call with these plan arguments (the kernel's shape,
+        configuration and stream) and these scalars, and kept with its argument tuple."""
+        key = (plan, *plan_args, *scalars)
+        prepared = self._launches.get(key, _UNPLANNED)
+        if prepared is _UNPLANNED:
             if len(self._launches) >= 1024:  # a run needs a handful; this bounds odd callers
                 self._launches.clear()
             launch = plan(*plan_args)  # None: an empty output, nothing to launch
-            launch = self._launches[key] = None if launch is None else launch.specialised(*args)
-        if launch is not None:
-            launch(*args)
+            if launch is not None:
+                launch = _Prepared(launch.specialised(*map(self.views, arrays), *scalars), scalars)
+            prepared = self._launches[key] = launch
+        if prepared is not None:
+            prepared(arrays, self.views)
 
     def _tiled(self, epilogue, a, b, c, e):
         """One fused matmul ``c = op(a) @ op(b)`` whose epilogue reads or writes ``e``."""
-        v = self._view
-        self._launch((v(a), v(b), v(c), v(e)), fused.tiled_launch, epilogue, self.settings["fused"], *c.shape, self._stream())
+        self._launch((a, b, c, e), fused.tiled_launch, epilogue, self.settings["fused"], *c.shape, self._stream())
 
     def linear_relu(self, x, w, b, out):
         self._tiled(fused.BIAS_RELU, x, w, out, b)
@@ -222,8 +302,7 @@ class KernelBackend:
         # Evaluation counts nothing (accumulate=False), but the kernel still finds its last block
         # with a counter that must start at 0: the training counters are not to be touched.
         counters, sums = (stats.counters, stats.sums) if stats is not None else self._eval_counters()
-        v = self._view
-        self._launch((v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums)),
+        self._launch((a, w, b, labels, z, dz, row_loss, result, counters, sums),
                      fused.softmax_ce_launch, rows, w.shape[1], self.settings["fused_threads"], stats is not None, self._stream())
         return result.reshape(())
 
@@ -243,13 +322,15 @@ class KernelBackend:
         if n == 0:
             return
         lr, momentum, weight_decay, nesterov = settings
-        v = self._view
-        # The update does not care about the shape: it runs over the flat (contiguous) buffers.
-        args = (v(param.reshape(n)), v(grad.reshape(n)), v(velocity.reshape(n)), *optimizer.hyper_args(lr, momentum, weight_decay))
-        self._launch(args, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream())
+        # The update does not care about the shape: it runs over the flat (contiguous) buffers. The
+        # optimizer's are flat already, and passing them as they are keeps the kept tuple's check
+        # (same arrays as last time) true; a reshape would be a new array object every step.
+        flat = [arr if arr.ndim == 1 else arr.reshape(n) for arr in (param, grad, velocity)]
+        self._launch(flat, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream(),
+                     scalars=optimizer.hyper_args(lr, momentum, weight_decay))
 
     def correct_count(self, logits, labels):
         count = self.xp.zeros((1,), np.int32)
-        v = self._view
+        v = self.views
         reductions.correct_count(v(logits), v(labels), v(count), threads=self.settings["threads"], stream=self._stream())
         return int(count[0])

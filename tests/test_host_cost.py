@@ -1,0 +1,120 @@
+"""The host side of a launch: the view cache holds no array past its life, and a step reuses the
+argument tuples it built on its first call.
+
+Run in the simulator, where the ``sim`` engine's launchers go through the same view cache and kept
+launches as the ``cuda`` engine's (its views are NumPy arrays with no owner, the host's twin of
+Numba's device views). Where a test only needs the host side, the kernels themselves are stubbed
+out, as bench/step.py does, so that ten thousand launches take a fraction of a second.
+"""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import rawgpu
+from rawgpu import ops
+from rawgpu.backends.kernel_backend import ViewCache, _numpy_key, _numpy_view, _Prepared
+
+
+@pytest.fixture
+def sim():
+    eng = rawgpu.use("sim")
+    yield eng
+    rawgpu.use("numpy")
+
+
+@pytest.fixture
+def no_kernels(monkeypatch):
+    """Kernel launches that do nothing: the host's work alone (as bench/step.py --sim times it)."""
+    from numba.cuda.simulator import kernel as simkernel
+
+    monkeypatch.setattr(simkernel.FakeCUDAKernel, "__getitem__", lambda self, config: self)
+    monkeypatch.setattr(simkernel.FakeCUDAKernel, "__call__", lambda self, *args: None)
+
+
+@pytest.mark.sim
+def test_ten_thousand_fresh_outputs_leave_the_view_cache_flat(sim, no_kernels, rng):
+    a = sim.asarray(rng.standard_normal((3, 2), dtype=np.float32))
+    b = sim.asarray(rng.standard_normal((2, 5), dtype=np.float32))
+    views = sim.backend.views
+    first = ops.matmul(a, b)
+    held = len(views)  # a, b, first (and whatever earlier tests left alive)
+    first_ref = weakref.ref(first)
+    del first
+    for _ in range(10_000):
+        ops.matmul(a, b)  # a fresh output each time, dropped at once
+    gc.collect()
+    assert first_ref() is None, "the view cache keeps a dead output alive"
+    assert len(views) <= held - 1, f"{len(views) - held + 1} views of dead outputs are still cached"
+
+
+@pytest.mark.sim
+def test_a_view_is_made_once_per_buffer_and_dropped_with_it(rng):
+    made = []
+    views = ViewCache(_numpy_key, lambda arr: made.append(arr.shape) or _numpy_view(arr))
+    data = rng.standard_normal((6, 4)).astype(np.float32)
+    # A fresh slice of the same memory (a training batch) finds the view made for the first one.
+    v = views(data[2:4])
+    assert views(data[2:4]) is v and made == [(2, 4)]
+    assert np.shares_memory(v, data) and v.base is not data  # a view of the memory, not of the owner
+    views(data[0:2])
+    assert len(views) == 2
+    owner = weakref.ref(data)
+    del data  # the slices are gone too: the memory's owner is collected ...
+    gc.collect()
+    assert owner() is None
+    assert len(views) == 0  # ... and takes its views out of the cache
+
+
+class _Recorder:
+    """A launch that notes the addresses it was called with (not the arrays: it must not keep them)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args):
+        self.calls.append(tuple(a.__array_interface__["data"][0] for a in args[:-1]) + args[-1:])
+
+
+@pytest.mark.sim
+def test_a_kept_launch_reuses_its_argument_tuple_while_the_arrays_live(rng):
+    launch, made = _Recorder(), []
+    views = lambda arr: made.append(arr.shape) or _numpy_view(arr)  # noqa: E731  (views with no owner)
+    prepared = _Prepared(launch, (np.float32(0.5),))
+    x, w = np.zeros((2, 3), np.float32), np.ones((3, 4), np.float32)
+    prepared((x, w), views)
+    prepared((x, w), views)
+    assert len(made) == 2 and len(launch.calls) == 2  # views made once, for the first call
+    address = lambda arr: arr.__array_interface__["data"][0]  # noqa: E731
+    assert launch.calls[1] == (address(x), address(w), np.float32(0.5))
+    x2 = np.zeros((2, 3), np.float32)
+    prepared((x2, w), views)  # another array: the tuple is made again
+    assert launch.calls[2] == (address(x2), address(w), np.float32(0.5)) and len(made) == 4
+    del x2  # its id may now go to a new array: the kept tuple must be forgotten
+    gc.collect()
+    assert prepared.ids is None
+
+
+@pytest.mark.sim
+def test_a_step_makes_no_view_after_its_first(sim, no_kernels, rng, monkeypatch):
+    model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
+    opt = rawgpu.SGD(model, lr=0.1, momentum=0.9)
+    x = sim.asarray(rng.standard_normal((10, 9), dtype=np.float32))
+    y = sim.asarray(rng.integers(0, 3, 10).astype(np.int32))
+    model.loss_and_grads(x[:5], y[:5])
+    opt.step()
+    looked_up = []
+    views = sim.backend.views
+    monkeypatch.setattr(sim.backend, "views", lambda arr: looked_up.append(arr.shape) or views(arr))
+    xb, yb = x[:5], y[:5]
+    model.loss_and_grads(xb, yb)  # new batch objects (the training loop's slices) ...
+    opt.step()
+    # ... so the two launches that read x and the loss launch that reads y make their tuples again
+    # (from cached views); the other three launches reuse theirs.
+    assert len(looked_up) == 4 + 10 + 4
+    looked_up.clear()
+    model.loss_and_grads(xb, yb)
+    opt.step()
+    assert looked_up == []
