@@ -15,7 +15,8 @@ import pytest
 
 import rawgpu
 from rawgpu import ops
-from rawgpu.backends.kernel_backend import ViewCache, _numpy_key, _numpy_view, _Prepared
+from rawgpu.backends.kernel_backend import ViewCache, _numpy_key, _numpy_view
+from rawgpu.same_arrays import ids, keep_while_alive
 
 
 @pytest.fixture
@@ -68,33 +69,16 @@ def test_a_view_is_made_once_per_buffer_and_dropped_with_it(rng):
     assert len(views) == 0  # ... and takes its views out of the cache
 
 
-class _Recorder:
-    """A launch that notes the addresses it was called with (not the arrays: it must not keep them)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, *args):
-        self.calls.append(tuple(a.__array_interface__["data"][0] for a in args[:-1]) + args[-1:])
-
-
 @pytest.mark.sim
-def test_a_kept_launch_reuses_its_argument_tuple_while_the_arrays_live(rng):
-    launch, made = _Recorder(), []
-    views = lambda arr: made.append(arr.shape) or _numpy_view(arr)  # noqa: E731  (views with no owner)
-    prepared = _Prepared(launch, (np.float32(0.5),))
+def test_an_entry_kept_by_ids_leaves_with_its_arrays():
+    table = {}
     x, w = np.zeros((2, 3), np.float32), np.ones((3, 4), np.float32)
-    prepared((x, w), views)
-    prepared((x, w), views)
-    assert len(made) == 2 and len(launch.calls) == 2  # views made once, for the first call
-    address = lambda arr: arr.__array_interface__["data"][0]  # noqa: E731
-    assert launch.calls[1] == (address(x), address(w), np.float32(0.5))
-    x2 = np.zeros((2, 3), np.float32)
-    prepared((x2, w), views)  # another array: the tuple is made again
-    assert launch.calls[2] == (address(x2), address(w), np.float32(0.5)) and len(made) == 4
-    del x2  # its id may now go to a new array: the kept tuple must be forgotten
+    keep_while_alive(table, ("op", *ids((x, w))), (x, w), "ready")
+    assert table[("op", *ids((x, w)))][0] == "ready"
+    x_ref = weakref.ref(x)
+    del x  # its id may now go to a new array: the entry must not be found by it
     gc.collect()
-    assert prepared.ids is None
+    assert x_ref() is None and table == {}
 
 
 @pytest.mark.sim
@@ -118,3 +102,19 @@ def test_a_step_makes_no_view_after_its_first(sim, no_kernels, rng, monkeypatch)
     model.loss_and_grads(xb, yb)
     opt.step()
     assert looked_up == []
+
+
+@pytest.mark.sim
+def test_the_step_ops_check_each_new_array_and_the_labels_values_every_call(sim, no_kernels, rng):
+    model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
+    x = sim.asarray(rng.standard_normal((5, 9), dtype=np.float32))
+    y = sim.asarray(rng.integers(0, 3, 5).astype(np.int32))
+    model.loss_and_grads(x, y)  # every array of the step is checked, once
+    p, buf = model.params, model._work(5)
+    y[0] = 7  # the same labels array, its values changed in place: still refused on a host engine
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        model.loss_and_grads(x, y)
+    with pytest.raises(ValueError, match="out must have shape"):  # a new array is checked
+        ops.linear_relu(x, p["W1"], p["b1"], out=sim.empty((5, 8)))
+    with pytest.raises(TypeError, match="must be float32"):
+        ops.weight_grad(x, buf["dh"], w_out=sim.empty((9, 7), np.float64), b_out=model.grads["b1"])

@@ -14,12 +14,14 @@ tiles and thread blocks because the simulator runs one OS thread per CUDA thread
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import numpy as np
 
 from rawgpu.kernels import elementwise, fused, loss, matmul, optimizer, reductions
 from rawgpu.kernels.matmul import tuning as matmul_tuning
+from rawgpu.same_arrays import ids, keep_while_alive
 
 #: Launch settings per engine. The simulator's are small: every CUDA thread is an OS thread there.
 LAUNCH = {
@@ -58,12 +60,22 @@ LAUNCH = {
 _UNPLANNED = object()
 
 
+def _nothing():
+    """The launch of an empty output."""
+
+
 def _row_threads(classes, cap):
     """Threads per row for the softmax kernel: a power of two near the row length, at most cap."""
     threads = 1
     while threads < classes and threads < cap:
         threads *= 2
     return max(threads, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _sgd_scalars(lr, momentum, weight_decay):
+    """The SGD kernel's scalar arguments, made once per setting (a schedule makes a few)."""
+    return optimizer.hyper_args(lr, momentum, weight_decay)
 
 
 class ViewCache:
@@ -126,38 +138,13 @@ def _numpy_view(arr):
     return np.asarray(_Borrowed(arr.__array_interface__))
 
 
-class _Prepared:
-    """One kept launch and the argument tuple it was last called with, views already made.
-
-    A step calls each launch with the same arrays every time (the model's parameters and work
-    buffers), so the tuple is made once and reused while the arrays are the same objects. The
-    check is by identity (``id``); weak references make it safe: when an array is collected its
-    callback forgets the tuple before that ``id`` can be given to a new object.
-    """
-
-    __slots__ = ("launch", "scalars", "ids", "args", "refs")
-
-    def __init__(self, launch, scalars):
-        self.launch, self.scalars = launch, scalars
-        self.ids = self.args = self.refs = None
-
-    def __call__(self, arrays, views) -> None:
-        if tuple(map(id, arrays)) != self.ids:
-            self.refs = [weakref.ref(a, self._forget) for a in arrays]
-            self.args = (*map(views, arrays), *self.scalars)
-            self.ids = tuple(map(id, arrays))
-        self.launch(*self.args)
-
-    def _forget(self, _dead) -> None:
-        self.ids = None
-
-
 class KernelBackend:
     def __init__(self, simulator: bool):
         self.name = "sim" if simulator else "cuda"
         self.settings = LAUNCH[self.name]
         self._scratch: dict = {}
         self._launches: dict = {}  # (plan function, its arguments) -> the Launch: see _launch below
+        self._ready: dict = {}  # (plan function, its arguments, the arrays' ids) -> the launch, its arguments bound
         self.matmul_picks: dict = {}  # (m, n, k, trans_a, trans_b) -> (variant, config, reason)
         self._gpu = None
         if simulator:
@@ -187,7 +174,7 @@ class KernelBackend:
             self._stream = current_stream
 
     def _buf(self, tag, shape, dtype=np.float32):
-        key = (tag, shape, np.dtype(dtype))
+        key = (tag, shape, dtype)
         buf = self._scratch.get(key)
         if buf is None:
             buf = self._scratch[key] = self.xp.empty(shape, dtype)
@@ -264,27 +251,33 @@ class KernelBackend:
     # --- the training step: six launches, each worked out once per shape -----------------------
     #
     # These are the step's launchers. The op layer (rawgpu/ops.py) has checked every argument, so
-    # all that is left is to find this shape's launch and call the kernel. The first call for a
-    # shape asks the kernel module for the grid and block (a kernels._launch.Launch), specialises
-    # it to the argument types (Numba then skips its per-launch type dispatch) and keeps it with
-    # the argument tuple (the arrays' views, then the scalars); every later call with the same
-    # arrays is a dict lookup, a comparison of the arrays' ids, and the launch.
+    # all that is left is to find this launch and call the kernel. The first call for a shape asks
+    # the kernel module for the grid and block (a kernels._launch.Launch), specialises it to the
+    # argument types (Numba then skips its per-launch type dispatch) and keeps it. The first call
+    # with given arrays also makes the argument tuple (their views, then the scalars) and keeps it
+    # bound to the launch, found again by the arrays' ids for as long as they live. A step passes
+    # the same arrays every time, so a step's launch is one dict lookup and the call.
 
     def _launch(self, arrays, plan, *plan_args, scalars=()):
-        """Launch ``plan(*plan_args)`` on the engine arrays ``arrays`` followed by ``scalars``; the
-        launch is made on the first call with these plan arguments (the kernel's shape,
-        configuration and stream) and these scalars, and kept with its argument tuple."""
+        """Launch ``plan(*plan_args)`` (the kernel's shape, configuration and stream) on the engine
+        arrays ``arrays`` followed by ``scalars``."""
+        ready = self._ready.get((plan, *plan_args, *scalars, *ids(arrays)))
+        if ready is None:
+            ready = self._prepare(arrays, plan, plan_args, scalars)
+        ready[0]()
+
+    def _prepare(self, arrays, plan, plan_args, scalars):
         key = (plan, *plan_args, *scalars)
-        prepared = self._launches.get(key, _UNPLANNED)
-        if prepared is _UNPLANNED:
+        launch = self._launches.get(key, _UNPLANNED)
+        if launch is _UNPLANNED:
             if len(self._launches) >= 1024:  # a run needs a handful; this bounds odd callers
                 self._launches.clear()
             launch = plan(*plan_args)  # None: an empty output, nothing to launch
             if launch is not None:
-                launch = _Prepared(launch.specialised(*map(self.views, arrays), *scalars), scalars)
-            prepared = self._launches[key] = launch
-        if prepared is not None:
-            prepared(arrays, self.views)
+                launch = launch.specialised(*map(self.views, arrays), *scalars)
+            self._launches[key] = launch
+        bound = _nothing if launch is None else functools.partial(launch, *map(self.views, arrays), *scalars)
+        return keep_while_alive(self._ready, (*key, *ids(arrays)), arrays, bound)
 
     def _tiled(self, epilogue, a, b, c, e):
         """One fused matmul ``c = op(a) @ op(b)`` whose epilogue reads or writes ``e``."""
@@ -327,7 +320,7 @@ class KernelBackend:
         # (same arrays as last time) true; a reshape would be a new array object every step.
         flat = [arr if arr.ndim == 1 else arr.reshape(n) for arr in (param, grad, velocity)]
         self._launch(flat, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream(),
-                     scalars=optimizer.hyper_args(lr, momentum, weight_decay))
+                     scalars=_sgd_scalars(lr, momentum, weight_decay))
 
     def correct_count(self, logits, labels):
         count = self.xp.zeros((1,), np.int32)
