@@ -118,3 +118,67 @@ def test_the_step_ops_check_each_new_array_and_the_labels_values_every_call(sim,
         ops.linear_relu(x, p["W1"], p["b1"], out=sim.empty((5, 8)))
     with pytest.raises(TypeError, match="must be float32"):
         ops.weight_grad(x, buf["dh"], w_out=sim.empty((9, 7), np.float64), b_out=model.grads["b1"])
+
+
+# --- Numba's low-occupancy warning ---------------------------------------------------------------
+
+SMALL_GRID = "Grid size 4 will likely result in GPU under-utilization due to low occupancy."  # numba-cuda 0.30's words
+
+
+class _NumbaLikeWarning(Warning):
+    """Stands for numba-cuda's NumbaPerformanceWarning (the filter goes by its message)."""
+
+
+def test_quiet_small_grids_silences_numbas_small_grid_warning_and_nothing_else():
+    import warnings
+
+    from rawgpu.backends.kernel_backend import quiet_small_grids
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_small_grids():
+            warnings.warn(_NumbaLikeWarning(SMALL_GRID))
+            warnings.warn(_NumbaLikeWarning("something else is slow"))
+        warnings.warn(_NumbaLikeWarning(SMALL_GRID))  # a user's own launch, after: still warned
+    assert [str(w.message) for w in seen] == ["something else is slow", SMALL_GRID]
+
+
+@pytest.mark.sim
+def test_rawgpu_configures_its_launches_with_the_small_grid_warning_off(sim, no_kernels, rng, monkeypatch):
+    """The simulator gives no occupancy warning, so it is made to give one where a GPU does: where a
+    launch is configured (``kernel[grid, block, stream]``; for the step's kept launches, once, in
+    ``Launch.specialised``). Any warning that got out would be an error here."""
+    import warnings
+
+    from numba.cuda.simulator import kernel as simkernel
+
+    from rawgpu.kernels._launch import Launch
+
+    def configure(self, config):
+        warnings.warn(_NumbaLikeWarning(SMALL_GRID))
+        return self
+
+    specialised = Launch.specialised
+
+    def specialise(self, *args):  # on a GPU, this is where the kept launch is configured
+        warnings.warn(_NumbaLikeWarning(SMALL_GRID))
+        return specialised(self, *args)
+
+    model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
+    opt = rawgpu.SGD(model, lr=0.1, momentum=0.9)
+    x = sim.asarray(rng.standard_normal((5, 9), dtype=np.float32))
+    y = sim.asarray(rng.integers(0, 3, 5).astype(np.int32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setattr(Launch, "specialised", specialise)
+        model.loss_and_grads(x, y)  # the first step: its six launches are configured
+        opt.step()
+        # The other launchers configure at each call (in the simulator the kept launches do too,
+        # which a GPU does not: so no step from here on).
+        monkeypatch.setattr(simkernel.FakeCUDAKernel, "__getitem__", configure)
+        ops.correct_count(sim.asarray(rng.standard_normal((5, 3), dtype=np.float32)), y)
+        ops.matmul(x, model.params["W1"])
+        ops.bias_add(ops.matmul(x, model.params["W1"]), model.params["b1"])
+        ops.softmax_cross_entropy(sim.asarray(rng.standard_normal((5, 3), dtype=np.float32)), y)
+        with pytest.raises(_NumbaLikeWarning):  # the user's own kernel still warns
+            simkernel.FakeCUDAKernel.__getitem__(None, (4, 32))

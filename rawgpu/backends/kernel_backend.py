@@ -14,7 +14,9 @@ tiles and thread blocks because the simulator runs one OS thread per CUDA thread
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 import weakref
 
 import numpy as np
@@ -54,6 +56,36 @@ LAUNCH = {
         "fused_threads": fused.SIM_THREADS,
     },
 }
+
+
+#: Numba's warning for a grid of fewer than 128 blocks, which it gives where a launch is configured.
+SMALL_GRID_WARNING = r"Grid size \d+ will likely result in GPU under-utilization"
+
+
+@contextlib.contextmanager
+def quiet_small_grids():
+    """Numba's low-occupancy warning, silenced for rawgpu's own launches made inside.
+
+    At this network's size the step's grids are small by design (a 128 x 128 product is four
+    64 x 64 tiles; ``rawgpu info`` lists them), and the warning would print in the middle of the
+    progress bar. It is silenced where rawgpu configures its launches and nowhere else: a user's
+    own Numba kernels still get it. (``warnings.catch_warnings`` costs microseconds, so the step
+    pays it once per shape, when its launches are configured, not at every launch.)
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SMALL_GRID_WARNING)
+        yield
+
+
+def _quietly(method):
+    """A launcher method whose kernel launch is configured under :func:`quiet_small_grids`."""
+
+    @functools.wraps(method)
+    def launcher(self, *args, **kwargs):
+        with quiet_small_grids():
+            return method(self, *args, **kwargs)
+
+    return launcher
 
 
 #: Marks a launch not yet worked out (None means "nothing to launch").
@@ -182,6 +214,7 @@ class KernelBackend:
 
     # --- the op interface -------------------------------------------------------------------
 
+    @_quietly
     def matmul(self, a, b, out, trans_a, trans_b, variant):
         if variant is not None:
             cfg = self.settings["matmul"][variant]
@@ -221,22 +254,27 @@ class KernelBackend:
             self._gpu = (name.decode() if isinstance(name, bytes) else str(name), int(dev.attributes["MultiProcessorCount"]))
         return self._gpu
 
+    @_quietly
     def bias_add(self, x, bias, out):
         v = self.views
         elementwise.bias_add(v(x), v(bias), v(out), threads=self.settings["threads"], stream=self._stream())
 
+    @_quietly
     def bias_relu(self, x, bias, out):
         v = self.views
         elementwise.bias_relu(v(x), v(bias), v(out), threads=self.settings["threads"], stream=self._stream())
 
+    @_quietly
     def relu_backward(self, grad, act, out):
         v = self.views
         elementwise.relu_backward(v(grad), v(act), v(out), threads=self.settings["threads"], stream=self._stream())
 
+    @_quietly
     def col_sum(self, x, out):
         v = self.views
         reductions.col_sum(v(x), v(out), stream=self._stream(), **self.settings["col_sum"])
 
+    @_quietly
     def softmax_cross_entropy(self, logits, labels, grad):
         rows, classes = logits.shape
         row_loss = self._buf("row_loss", (rows,))
@@ -274,7 +312,8 @@ class KernelBackend:
                 self._launches.clear()
             launch = plan(*plan_args)  # None: an empty output, nothing to launch
             if launch is not None:
-                launch = launch.specialised(*map(self.views, arrays), *scalars)
+                with quiet_small_grids():  # on a GPU the launch is configured here, once
+                    launch = launch.specialised(*map(self.views, arrays), *scalars)
             self._launches[key] = launch
         bound = _nothing if launch is None else functools.partial(launch, *map(self.views, arrays), *scalars)
         return keep_while_alive(self._ready, (*key, *ids(arrays)), arrays, bound)
@@ -322,6 +361,7 @@ class KernelBackend:
         self._launch(flat, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream(),
                      scalars=_sgd_scalars(lr, momentum, weight_decay))
 
+    @_quietly
     def correct_count(self, logits, labels):
         count = self.xp.zeros((1,), np.int32)
         v = self.views
