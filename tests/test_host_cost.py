@@ -182,3 +182,53 @@ def test_rawgpu_configures_its_launches_with_the_small_grid_warning_off(sim, no_
         ops.softmax_cross_entropy(sim.asarray(rng.standard_normal((5, 3), dtype=np.float32)), y)
         with pytest.raises(_NumbaLikeWarning):  # the user's own kernel still warns
             simkernel.FakeCUDAKernel.__getitem__(None, (4, 32))
+
+
+# --- the step's kernels come from Numba's disk cache ---------------------------------------------
+
+
+def test_a_kept_launch_is_specialised_through_numbas_disk_cache(monkeypatch):
+    """On a GPU, ``Launch.specialised`` compiles with ``cuda.jit(types, cache=True, <the kernel's
+    options>)``, which looks in the disk cache first (``Dispatcher.specialize`` would compile afresh
+    in every process). Without a GPU nothing can be compiled, so ``cuda.jit`` is stood in for: this
+    checks what is asked of it, and that each kernel and types are specialised once."""
+    from numba import cuda
+
+    from rawgpu.kernels import _launch
+
+    class Kernel:  # what specialise() reads of a CUDADispatcher: all public attributes
+        targetoptions = {"launch_bounds": (256, 4), "lto": True, "fastmath": False}
+
+        @staticmethod
+        def py_func(a, b):
+            pass
+
+        def typeof_pyval(self, arg):
+            return f"type of {arg}"
+
+    asked = []
+    monkeypatch.setattr(cuda, "jit", lambda sig, **options: lambda func: asked.append((sig, options, func)) or "compiled")
+    monkeypatch.setattr(_launch, "_SPECIALISED", {})
+    kernel = Kernel()
+    assert _launch.specialise(kernel, (1, 2)) == "compiled"
+    assert _launch.specialise(kernel, (1, 2)) == "compiled"  # kept: asked once
+    assert asked == [(("type of 1", "type of 2"), {"cache": True, **Kernel.targetoptions}, Kernel.py_func)]
+
+
+def test_every_kernel_rawgpu_launches_asks_for_the_disk_cache():
+    """Every ``@cuda.jit`` kernel in kernels/ is declared with ``cache=True`` (on a GPU the rungs
+    with launch bounds get it from ``matmul._common.jit``); device functions are inlined into them."""
+    import re
+    from pathlib import Path
+
+    from rawgpu import kernels
+
+    root = Path(kernels.__file__).parent
+    plain = []
+    for path in sorted(root.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"\s*@cuda\.jit\b", line) and "cache=True" not in line and "device=True" not in line:
+                plain.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert plain == []
+    common = (root / "matmul" / "_common.py").read_text()
+    assert "cuda.jit(cache=True, launch_bounds=" in common

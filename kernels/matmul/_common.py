@@ -261,11 +261,11 @@ def launch_bounds(threads: int, accumulators: int, blocks: int | None = None) ->
 
 
 def jit(threads: int, accumulators: int, blocks: int | None = None):
-    """``cuda.jit`` with :func:`launch_bounds` on a GPU; plain ``cuda.jit`` in the simulator, which
-    has no registers to budget (and refuses the option)."""
+    """``cuda.jit`` with :func:`launch_bounds` (and the disk cache of compiled kernels) on a GPU;
+    plain ``cuda.jit`` in the simulator, which has no registers to budget (and refuses the option)."""
     from numba import config as numba_config
     from numba import cuda
 
     if numba_config.ENABLE_CUDASIM:
         return cuda.jit
-    return cuda.jit(launch_bounds=launch_bounds(threads, accumulators, blocks))
+    return cuda.jit(cache=True, launch_bounds=launch_bounds(threads, accumulators, blocks))
