@@ -20,13 +20,6 @@ from rawgpu.same_arrays import ids, keep_while_alive
 
 
 @pytest.fixture
-def sim():
-    eng = rawgpu.use("sim")
-    yield eng
-    rawgpu.use("numpy")
-
-
-@pytest.fixture
 def no_kernels(monkeypatch):
     """Kernel launches that do nothing: the host's work alone (as bench/step.py --sim times it)."""
     from numba.cuda.simulator import kernel as simkernel
