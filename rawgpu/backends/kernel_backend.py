@@ -315,6 +315,8 @@ class KernelBackend:
                 with quiet_small_grids():  # on a GPU the launch is configured here, once
                     launch = launch.specialised(*map(self.views, arrays), *scalars)
             self._launches[key] = launch
+        if len(self._ready) >= 4096:  # a step needs six; this bounds callers that change scalars at every call
+            self._ready.clear()
         bound = _nothing if launch is None else functools.partial(launch, *map(self.views, arrays), *scalars)
         return keep_while_alive(self._ready, (*key, *ids(arrays)), arrays, bound)
 
@@ -355,15 +357,16 @@ class KernelBackend:
             return
         lr, momentum, weight_decay, nesterov = settings
         # The update does not care about the shape: it runs over the flat (contiguous) buffers. The
-        # optimizer's are flat already, and passing them as they are keeps the kept tuple's check
-        # (same arrays as last time) true; a reshape would be a new array object every step.
+        # optimizer's are flat already and are passed as they are, the same objects every step, so
+        # the kept launch is found by their ids; a reshape would be a new array at every call.
         flat = [arr if arr.ndim == 1 else arr.reshape(n) for arr in (param, grad, velocity)]
         self._launch(flat, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream(),
                      scalars=_sgd_scalars(lr, momentum, weight_decay))
 
     @_quietly
     def correct_count(self, logits, labels):
-        count = self.xp.zeros((1,), np.int32)
+        count = self._buf("count", (1,), np.int32)  # one buffer (and view), read back before the next call
+        count.fill(0)
         v = self.views
         reductions.correct_count(v(logits), v(labels), v(count), threads=self.settings["threads"], stream=self._stream())
         return int(count[0])
