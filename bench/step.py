@@ -500,16 +500,18 @@ def torch_missing(s, h) -> list[dict] | None:
     return None
 
 
-def python_per_step(step, *, steps: int = 300, reps: int = 9) -> dict:
-    """rawgpu's own host time per step, in microseconds, with every kernel launch stubbed out.
+def python_per_step(step, *, steps: int = 300, reps: int = 9) -> tuple[dict, dict]:
+    """rawgpu's own host time per step, in microseconds, with every kernel launch stubbed out:
+    (CPU time of this thread, host clock).
 
     In the simulator a launch runs the kernel in Python threads, so the simulator's launch (and
     its configuration) are replaced by no-ops; what is left is the model, the op layer's checks
-    and the launchers: the call path a step takes before Numba gets the kernel. Host clock,
-    ``steps`` steps per sample, ``reps`` samples, after a warm-up. Not a GPU figure: on the
-    ``cuda`` engine the launchers also look up CuPy arrays' Numba views and the stream, and
-    Numba's launch itself comes on top; the NumPy-backed ``sim`` engine checks its labels'
-    range on the host each step, which ``cuda`` leaves to the kernel.
+    and the launchers: the call path a step takes before Numba gets the kernel. ``steps`` steps
+    per sample, ``reps`` samples, after a warm-up. The headline is the thread's CPU time: the step
+    is then pure host work in this thread, and on a shared machine the host clock also counts the
+    time other processes held the CPU (it is kept beside it). Not a GPU figure: on the ``cuda``
+    engine Numba's launch itself comes on top, and the NumPy-backed ``sim`` engine checks its
+    labels' range on the host each step, which ``cuda`` leaves to the kernel.
     """
     import time
 
@@ -521,15 +523,16 @@ def python_per_step(step, *, steps: int = 300, reps: int = 9) -> dict:
     try:
         for _ in range(20):
             step()
-        samples = []
+        cpu, wall = [], []
         for _ in range(reps):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             for _ in range(steps):
                 step()
-            samples.append((time.perf_counter() - start) / steps * 1e6)
+            cpu.append((time.thread_time() - start_cpu) / steps * 1e6)
+            wall.append((time.perf_counter() - start) / steps * 1e6)
     finally:
         cls.__call__, cls.__getitem__ = call, getitem
-    return summarize(samples)
+    return summarize(cpu), summarize(wall)
 
 
 def run_sim(s) -> tuple[list[dict], dict]:
@@ -541,7 +544,7 @@ def run_sim(s) -> tuple[list[dict], dict]:
     for h in s["hidden"]:
         _, step = rawgpu_setup(eng, d, h, c, b, s["seed"])
         counts_h = count_step(eng, step)
-        counts_h["python_us_per_step"] = python_per_step(step)
+        counts_h["python_us_per_step"], counts_h["python_wall_us_per_step"] = python_per_step(step)
         counts = counts or counts_h
         rows.append(row(RAWGPU_EAGER, h, b, status="counted (simulator)", launches_per_step=counts_h["launches_per_step"],
                         host_syncs_per_step=counts_h["host_syncs_per_step"], how="one step's backend calls and Engine.to_host/synchronize calls, counted"))
@@ -569,9 +572,9 @@ def print_results(result: dict) -> None:
         c = result["counts"]
         print(f"rawgpu: {c['launches_per_step']} launches per step ({', '.join(c['kernels'])}); {c['host_syncs_per_step']} host syncs per step")
         if c.get("python_us_per_step"):
-            t = c["python_us_per_step"]
-            print(f"rawgpu's own Python per step, kernel launches stubbed out (host clock): {fmt_us(t['median'])} us "
-                  f"[{fmt_us(t['p10'])}..{fmt_us(t['p90'])}]")
+            t, w = c["python_us_per_step"], c["python_wall_us_per_step"]
+            print(f"rawgpu's own Python per step, kernel launches stubbed out (CPU time): {fmt_us(t['median'])} us "
+                  f"[{fmt_us(t['p10'])}..{fmt_us(t['p90'])}]; host clock {fmt_us(w['median'])} us [{fmt_us(w['p10'])}..{fmt_us(w['p90'])}]")
     if result["mode"] != "gpu":
         return
     table = []

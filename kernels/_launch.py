@@ -52,6 +52,8 @@ class Launch:
         look, and the launch configuration (``kernel[grid, block, stream]``, an object of its own
         on a GPU) is built once here instead of at every call. The caller promises the types will
         not change: rawgpu's op layer checks dtype, dimensions and contiguity before it launches.
+        The specialised kernel comes from Numba's disk cache where an earlier process compiled it
+        (see :func:`specialise`).
 
         In Numba's simulator there is nothing to skip, and ``kernel[...]`` configures the kernel
         object itself rather than making a new one, so a configuration cannot be kept: there the
@@ -59,7 +61,31 @@ class Launch:
         """
         if config.ENABLE_CUDASIM:
             return self
-        return _Specialised(self.kernel.specialize(*args), self.grid, self.block, self.stream)
+        return _Specialised(specialise(self.kernel, args), self.grid, self.block, self.stream)
+
+
+#: (kernel, argument types) -> the kernel compiled for exactly those types: see specialise().
+_SPECIALISED: dict = {}
+
+
+def specialise(kernel, args):
+    """``kernel.specialize(*args)``, but compiled through Numba's disk cache (GPU only).
+
+    ``Dispatcher.specialize`` makes a new dispatcher with no disk cache, so every process would pay
+    the whole JIT compile (NVVM, then the link) of every kernel of its first step. ``cuda.jit``
+    given a signature makes the same thing, a dispatcher compiled for exactly these argument types
+    that skips the per-launch type dispatch, and with ``cache=True`` it first looks in the cache
+    that the kernel's own ``@cuda.jit(cache=True)`` keeps: the same function, closure constants,
+    argument types and GPU find the same compiled kernel. Its options are the kernel's. Kept per
+    kernel and types, as ``specialize`` keeps its own.
+    """
+    from numba import cuda
+
+    types = tuple(kernel.typeof_pyval(arg) for arg in args)
+    compiled = _SPECIALISED.get((kernel, types))
+    if compiled is None:
+        compiled = _SPECIALISED[kernel, types] = cuda.jit(types, cache=True, **kernel.targetoptions)(kernel.py_func)
+    return compiled
 
 
 class _Specialised(Launch):

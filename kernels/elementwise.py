@@ -25,7 +25,7 @@ from ._launch import check_threads, grid_stride_blocks
 def bias_kernel(relu: bool):
     """``out = x + bias[None, :]``, then ``max(., 0)`` when ``relu`` (a compile-time constant)."""
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def bias_act(x, bias, out):
         rows, cols = x.shape
         for idx in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
@@ -41,7 +41,7 @@ def bias_kernel(relu: bool):
     return bias_act
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _relu_backward_kernel(grad, act, out):
     # Flat (1-D) views: every element is independent and no column index is needed.
     for idx in range(cuda.grid(1), grad.shape[0], cuda.gridsize(1)):

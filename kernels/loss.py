@@ -40,7 +40,7 @@ MAX_ROW_BLOCKS = 65535
 
 @functools.lru_cache(maxsize=None)
 def rows_kernel(threads: int):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def softmax_ce_rows(logits, labels, grad, row_loss):
         buf = cuda.shared.array(threads, float32)
         rows, classes = logits.shape
@@ -87,7 +87,7 @@ def rows_kernel(threads: int):
 
 @functools.lru_cache(maxsize=None)
 def mean_kernel(threads: int):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def mean(values, out):
         # float64: each thread adds up B / threads row losses in sequence, and a float32
         # running sum of thousands of terms would lose digits. It is one tiny block.

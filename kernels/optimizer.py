@@ -25,7 +25,7 @@ from ._launch import Launch, check_threads, grid_stride_blocks
 
 @functools.lru_cache(maxsize=None)
 def sgd_kernel(nesterov: bool):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def sgd_momentum(param, grad, velocity, lr, momentum, weight_decay):
         # float32 arithmetic whatever type the scalars arrive as. A Python float reaches Numba
         # as a float64, and one float64 operand makes the whole update float64 (the real

@@ -70,7 +70,7 @@ def col_sum_kernel(threads_x: int, threads_y: int):
     their partial sums.
     """
     # Shared-array shapes must be compile-time constants: the factory's arguments are.
-    @cuda.jit
+    @cuda.jit(cache=True)
     def col_sum(x, out):
         part = cuda.shared.array((threads_y, threads_x), float32)
         rows, cols = x.shape
@@ -115,7 +115,7 @@ def correct_count_kernel(threads: int):
     """One thread per row finds the row's argmax; the block adds up its hits with a tree and
     one thread adds the block's total to the counter (an integer atomic: exact in any order)."""
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def correct_count(logits, labels, count):
         hits = cuda.shared.array(threads, int32)
         rows, classes = logits.shape

@@ -103,6 +103,10 @@ def report() -> str:
         lines.append(f"gpu:        none ({g['reason']})")
     for key, value in versions().items():
         lines.append(f"{key + ':':12}{value or 'not installed'}")
+    lines.append(
+        "warnings:   Numba's low-occupancy warning (a grid under 128 blocks) is off for rawgpu's own launches, where they are "
+        "configured: the step's grids at 784-128-10 are small by design (below); your own Numba kernels still get it"
+    )
     lines.extend(matmul_picks(g))
     return "\n".join(lines)
 

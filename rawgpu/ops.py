@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rawgpu import engine as _engine
+from rawgpu.same_arrays import ids, keep_while_alive
 
 __all__ = [
     "matmul",
@@ -90,13 +91,37 @@ def validate_labels(labels, rows, classes, eng=None):
     """Check ``labels`` (int32, ``(rows,)``) against ``classes``; a ValueError says what is wrong."""
     eng = eng or _engine.current()
     _check("labels", labels, eng, ndim=1, dtype=_I32, shape=(rows,))
-    if rows:
+    _check_label_values(labels, classes)
+
+
+def _check_label_values(labels, classes):
+    if labels.shape[0]:
         # One comparison, one host read: seen as unsigned, a negative int32 is >= 2**31, so
         # "label >= classes" also catches every negative label.
         bad = int((labels.view(np.uint32) >= classes).sum())
         if bad:
             lo, hi = int(labels.min()), int(labels.max())
             raise ValueError(f"labels must lie in [0, {classes}) for {classes} classes; got values from {lo} to {hi}")
+
+
+#: What the training step's ops have checked: (op, engine name, the arrays' ids) -> entry, while they live.
+_CHECKED: dict = {}
+
+
+def _checked_before(op, eng, arrays) -> bool:
+    """Whether ``op`` has already checked these very arrays, on this engine.
+
+    A training step passes the same parameters and work buffers to the same ops every step, and an
+    array's shape, dtype and layout are its own for life (rawgpu does not follow an array whose
+    ``.shape`` is assigned in place), so the step's ops check them on the first step only: the
+    arguments are checked where they enter, once. A new array, such as each batch's slice, is
+    checked when it comes. Call :func:`_passed` when the checks have passed.
+    """
+    return (op, eng.name, *ids(arrays)) in _CHECKED
+
+
+def _passed(op, eng, arrays) -> None:
+    keep_while_alive(_CHECKED, (op, eng.name, *ids(arrays)), arrays, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,12 +262,14 @@ def sgd_momentum_(param, grad, velocity, settings=None, *, lr=None, momentum=0.0
     its settings once, so a training step does not check the same four numbers again.
     """
     eng = _engine.current()
-    ndim = getattr(param, "ndim", None)
-    if ndim not in (1, 2):
-        raise ValueError(f"param must be a 1-D or 2-D float32 array, got {type(param).__name__} with ndim {ndim}")
-    shape = _check("param", param, eng, ndim=ndim)
-    _check("grad", grad, eng, ndim=ndim, shape=shape)
-    _check("velocity", velocity, eng, ndim=ndim, shape=shape)
+    if not _checked_before("sgd_momentum_", eng, (param, grad, velocity)):
+        ndim = getattr(param, "ndim", None)
+        if ndim not in (1, 2):
+            raise ValueError(f"param must be a 1-D or 2-D float32 array, got {type(param).__name__} with ndim {ndim}")
+        shape = _check("param", param, eng, ndim=ndim)
+        _check("grad", grad, eng, ndim=ndim, shape=shape)
+        _check("velocity", velocity, eng, ndim=ndim, shape=shape)
+        _passed("sgd_momentum_", eng, (param, grad, velocity))
     if settings is None:
         if lr is None:
             raise TypeError("sgd_momentum_ needs lr=... (or settings=ops.sgd_settings(...))")
@@ -287,10 +314,12 @@ class StepStats:
 def linear_relu(x, w, b, *, out):
     """``out = relu(x @ w + b)``: a hidden layer's forward pass in one kernel (matmul, bias, ReLU)."""
     eng = _engine.current()
-    rows, k = _check("x", x, eng, ndim=2)
-    _, cols = _check_inner("w", w, eng, k, "x")
-    _check("b", b, eng, ndim=1, shape=(cols,))
-    _check("out", out, eng, ndim=2, shape=(rows, cols))
+    if not _checked_before("linear_relu", eng, (x, w, b, out)):
+        rows, k = _check("x", x, eng, ndim=2)
+        _, cols = _check_inner("w", w, eng, k, "x")
+        _check("b", b, eng, ndim=1, shape=(cols,))
+        _check("out", out, eng, ndim=2, shape=(rows, cols))
+        _passed("linear_relu", eng, (x, w, b, out))
     eng.backend.linear_relu(x, w, b, out)
     return out
 
@@ -306,17 +335,19 @@ def linear_softmax_ce(a, w, b, labels, *, logits_out, grad_out, stats=None):
     NaN and is counted in ``stats``; the host engines refuse it outright.
     """
     eng = _engine.current()
-    rows, hidden = _check("a", a, eng, ndim=2)
-    _, classes = _check_inner("w", w, eng, hidden, "a")
-    _check("b", b, eng, ndim=1, shape=(classes,))
-    if rows < 1:
-        raise ValueError("a must have at least one row: the mean loss of zero rows is undefined")
-    if eng.is_device:
+    arrays = (a, w, b, labels, logits_out, grad_out)
+    if not _checked_before("linear_softmax_ce", eng, arrays):
+        rows, hidden = _check("a", a, eng, ndim=2)
+        _, classes = _check_inner("w", w, eng, hidden, "a")
+        _check("b", b, eng, ndim=1, shape=(classes,))
+        if rows < 1:
+            raise ValueError("a must have at least one row: the mean loss of zero rows is undefined")
         _check("labels", labels, eng, ndim=1, dtype=_I32, shape=(rows,))
-    else:
-        validate_labels(labels, rows, classes, eng)
-    _check("logits_out", logits_out, eng, ndim=2, shape=(rows, classes))
-    _check("grad_out", grad_out, eng, ndim=2, shape=(rows, classes))
+        _check("logits_out", logits_out, eng, ndim=2, shape=(rows, classes))
+        _check("grad_out", grad_out, eng, ndim=2, shape=(rows, classes))
+        _passed("linear_softmax_ce", eng, arrays)
+    if not eng.is_device:  # the labels' values may have changed since: checked at every call
+        _check_label_values(labels, w.shape[1])
     if stats is not None and not isinstance(stats, StepStats):
         raise TypeError(f"stats must be an ops.StepStats or None, got {type(stats).__name__}")
     return eng.backend.linear_softmax_ce(a, w, b, labels, logits_out, grad_out, stats)
@@ -326,14 +357,16 @@ def linear_backward_relu(d, w, act, *, out):
     """``out = (d @ w.T) * [act > 0]``: the gradient back through a linear layer and the ReLU
     before it (``w`` is read transposed in place; ``out`` must not be ``act``)."""
     eng = _engine.current()
-    rows, n = _check("d", d, eng, ndim=2)
-    cols, n_w = _check("w", w, eng, ndim=2)
-    if n_w != n:
-        raise ValueError(f"w must have {n} columns, one per column of d, got shape {(cols, n_w)}")
-    _check("act", act, eng, ndim=2, shape=(rows, cols))
-    _check("out", out, eng, ndim=2, shape=(rows, cols))
-    if out is act:
-        raise ValueError("out must not be act: the ReLU mask is read while out is written")
+    if not _checked_before("linear_backward_relu", eng, (d, w, act, out)):
+        rows, n = _check("d", d, eng, ndim=2)
+        cols, n_w = _check("w", w, eng, ndim=2)
+        if n_w != n:
+            raise ValueError(f"w must have {n} columns, one per column of d, got shape {(cols, n_w)}")
+        _check("act", act, eng, ndim=2, shape=(rows, cols))
+        _check("out", out, eng, ndim=2, shape=(rows, cols))
+        if out is act:
+            raise ValueError("out must not be act: the ReLU mask is read while out is written")
+        _passed("linear_backward_relu", eng, (d, w, act, out))
     eng.backend.linear_backward_relu(d, w, act, out)
     return out
 
@@ -342,14 +375,16 @@ def weight_grad(inp, d, *, w_out, b_out):
     """A linear layer's gradients in one kernel: ``w_out = inp.T @ d`` and ``b_out`` the column
     sums of ``d`` (each bias is added to every row, so its gradient sums over the batch)."""
     eng = _engine.current()
-    rows, k = _check("inp", inp, eng, ndim=2)
-    rows_d, n = _check("d", d, eng, ndim=2)
-    if rows_d != rows:
-        raise ValueError(f"d must have {rows} rows, one per row of inp, got shape {(rows_d, n)}")
-    if k == 0 and n > 0:  # the kernel's blocks tile w_out, and an empty w_out has none to write b_out
-        raise ValueError("inp must have at least one column (feature): with none there is no weight to train")
-    _check("w_out", w_out, eng, ndim=2, shape=(k, n))
-    _check("b_out", b_out, eng, ndim=1, shape=(n,))
+    if not _checked_before("weight_grad", eng, (inp, d, w_out, b_out)):
+        rows, k = _check("inp", inp, eng, ndim=2)
+        rows_d, n = _check("d", d, eng, ndim=2)
+        if rows_d != rows:
+            raise ValueError(f"d must have {rows} rows, one per row of inp, got shape {(rows_d, n)}")
+        if k == 0 and n > 0:  # the kernel's blocks tile w_out, and an empty w_out has none to write b_out
+            raise ValueError("inp must have at least one column (feature): with none there is no weight to train")
+        _check("w_out", w_out, eng, ndim=2, shape=(k, n))
+        _check("b_out", b_out, eng, ndim=1, shape=(n,))
+        _passed("weight_grad", eng, (inp, d, w_out, b_out))
     eng.backend.weight_grad(inp, d, w_out, b_out)
     return w_out, b_out
 

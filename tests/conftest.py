@@ -76,3 +76,13 @@ class KernelLane:
 def lane():
     """The kernel lane of this process: 'sim' (NumPy arrays, simulator) or 'cuda' (device arrays)."""
     return KernelLane(KERNEL_ENGINE)
+
+
+@pytest.fixture
+def sim():
+    """The 'sim' engine for one test (tests marked ``sim``), and 'numpy' again after it."""
+    import rawgpu
+
+    eng = rawgpu.use("sim")
+    yield eng
+    rawgpu.use("numpy")

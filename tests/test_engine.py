@@ -108,6 +108,8 @@ def test_rawgpu_info_runs_and_reports():
         assert "gpu:        none (" in out.stdout
     else:
         assert "compute capability" in out.stdout
+    # Numba's low-occupancy warning is off for rawgpu's own launches, and info says so.
+    assert "warnings:   Numba's low-occupancy warning (a grid under 128 blocks) is off for rawgpu's own launches" in out.stdout
     # The matmul autotuner's pick for each of the five training products, with its reason.
     from rawgpu.kernels.matmul import VARIANTS
 

@@ -48,7 +48,7 @@ def config(**params):
 
 @functools.lru_cache(maxsize=None)
 def kernel(trans_a: bool, trans_b: bool, block_x: int, block_y: int):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def naive(a, b, c):
         m, n = c.shape
         k_len = a.shape[0] if trans_a else a.shape[1]

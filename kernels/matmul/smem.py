@@ -52,7 +52,7 @@ def config(**params):
 
 @functools.lru_cache(maxsize=None)
 def kernel(trans_a: bool, trans_b: bool, tile: int):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def smem(a, b, c):
         As = cuda.shared.array((tile, tile), float32)  # As[i, k]: the block's rows of A
         Bs = cuda.shared.array((tile, tile), float32)  # Bs[k, j]: the block's columns of B

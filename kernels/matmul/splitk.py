@@ -70,7 +70,7 @@ def workspace_shape(cfg, m: int, n: int) -> tuple:
 def sum_kernel():
     """c[i, j] = ws[0, i, j] + ws[1, i, j] + ..., always in that order: one element per thread, grid stride."""
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def splitk_sum(ws, c):
         splits, m, n = ws.shape
         for e in range(cuda.grid(1), m * n, cuda.gridsize(1)):

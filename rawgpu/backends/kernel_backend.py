@@ -1,22 +1,29 @@
 """The ``cuda`` and ``sim`` engines' launchers: the ops run as the Numba kernels in ``rawgpu.kernels``.
 
 The op layer (rawgpu/ops.py) has checked the arguments; a method here turns them into the
-kernel's arguments (device-array views) and launches on the engine's stream. The training step's
-six launches are worked out once per shape and kept (see ``_launch``).
+kernel's arguments (views, from :class:`ViewCache`) and launches on the engine's stream. The
+training step's six launches are worked out once per shape and kept with their argument tuples
+(see ``_launch``).
 
 The two engines share this code. On ``cuda`` the arrays are CuPy arrays, handed to Numba as
 device-array views (no copy) and launched on CuPy's current stream, so Numba kernels and CuPy
-work queue up in order without host synchronisation. On ``sim`` the arrays are NumPy arrays and
-the kernels run in Numba's CUDA simulator, with small tiles and thread blocks because the
-simulator runs one OS thread per CUDA thread.
+work queue up in order without host synchronisation. On ``sim`` the arrays are NumPy arrays, their
+views NumPy arrays made the same way, and the kernels run in Numba's CUDA simulator, with small
+tiles and thread blocks because the simulator runs one OS thread per CUDA thread.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+import weakref
 
 import numpy as np
 
 from rawgpu.kernels import elementwise, fused, loss, matmul, optimizer, reductions
 from rawgpu.kernels.matmul import tuning as matmul_tuning
+from rawgpu.same_arrays import ids, keep_while_alive
 
 #: Launch settings per engine. The simulator's are small: every CUDA thread is an OS thread there.
 LAUNCH = {
@@ -51,8 +58,42 @@ LAUNCH = {
 }
 
 
+#: Numba's warning for a grid of fewer than 128 blocks, which it gives where a launch is configured.
+SMALL_GRID_WARNING = r"Grid size \d+ will likely result in GPU under-utilization"
+
+
+@contextlib.contextmanager
+def quiet_small_grids():
+    """Numba's low-occupancy warning, silenced for rawgpu's own launches made inside.
+
+    At this network's size the step's grids are small by design (a 128 x 128 product is four
+    64 x 64 tiles; ``rawgpu info`` lists them), and the warning would print in the middle of the
+    progress bar. It is silenced where rawgpu configures its launches and nowhere else: a user's
+    own Numba kernels still get it. (``warnings.catch_warnings`` costs microseconds, so the step
+    pays it once per shape, when its launches are configured, not at every launch.)
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SMALL_GRID_WARNING)
+        yield
+
+
+def _quietly(method):
+    """A launcher method whose kernel launch is configured under :func:`quiet_small_grids`."""
+
+    @functools.wraps(method)
+    def launcher(self, *args, **kwargs):
+        with quiet_small_grids():
+            return method(self, *args, **kwargs)
+
+    return launcher
+
+
 #: Marks a launch not yet worked out (None means "nothing to launch").
 _UNPLANNED = object()
+
+
+def _nothing():
+    """The launch of an empty output."""
 
 
 def _row_threads(classes, cap):
@@ -63,41 +104,96 @@ def _row_threads(classes, cap):
     return max(threads, 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _sgd_scalars(lr, momentum, weight_decay):
+    """The SGD kernel's scalar arguments, made once per setting (a schedule makes a few)."""
+    return optimizer.hyper_args(lr, momentum, weight_decay)
+
+
+class ViewCache:
+    """The kernels' views of engine arrays: made once per buffer, dropped when the buffer dies.
+
+    A kernel takes a *view* of an array: on ``cuda``, a Numba device array made from the CuPy
+    array's ``__cuda_array_interface__``. Making one costs more host time than the launch it
+    serves, so a view is made once per buffer and kept, keyed by what it describes (address,
+    shape, strides, dtype): a fresh slice of the same memory, as each training batch is, finds it.
+
+    What the cache must not do is keep memory alive. A view here is made *without* an owner (it
+    holds the address, not the array), and each entry holds only a weak reference to the array at
+    the root of its array's ``.base`` chain, the one that owns the memory. When that array is
+    collected, the weak reference's callback removes the entry, before the memory can be handed to
+    a new array. So the cache holds exactly one entry per live buffer that was launched on, and a
+    loop of ``ops.matmul(a, b)`` with fresh outputs leaves it (and the GPU's memory) flat.
+
+    The ``sim`` engine runs the same code with NumPy arrays: its view is a NumPy array made from the
+    array's ``__array_interface__`` with no owner, the host's twin of the device view.
+    """
+
+    def __init__(self, key, make):
+        self._key = key  # array -> (address, shape, strides, dtype)
+        self._make = make  # array -> a view of it that does not keep it alive
+        self._views: dict = {}  # key -> (view, weak reference to the memory's owner)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __call__(self, arr):
+        key = self._key(arr)
+        entry = self._views.get(key)
+        if entry is None:
+            owner = arr
+            while isinstance(owner.base, type(owner)):  # a view's .base leads to the array owning the memory
+                owner = owner.base
+            entry = self._views[key] = (self._make(arr), weakref.ref(owner, lambda _, key=key: self._views.pop(key, None)))
+        return entry[0]
+
+
+def _cupy_key(arr):
+    return arr.data.ptr, arr.shape, arr.strides, arr.dtype.char
+
+
+def _numpy_key(arr):
+    return arr.__array_interface__["data"][0], arr.shape, arr.strides, arr.dtype.char
+
+
+class _Borrowed:
+    """An ``__array_interface__`` alone: ``np.asarray`` of it is an array that does not own (or
+    keep alive) the memory it describes, as Numba's view made with ``owner=None`` on a GPU."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, interface):
+        self.__array_interface__ = interface
+
+
+def _numpy_view(arr):
+    return np.asarray(_Borrowed(arr.__array_interface__))
+
+
 class KernelBackend:
     def __init__(self, simulator: bool):
         self.name = "sim" if simulator else "cuda"
         self.settings = LAUNCH[self.name]
         self._scratch: dict = {}
         self._launches: dict = {}  # (plan function, its arguments) -> the Launch: see _launch below
+        self._ready: dict = {}  # (plan function, its arguments, the arrays' ids) -> the launch, its arguments bound
         self.matmul_picks: dict = {}  # (m, n, k, trans_a, trans_b) -> (variant, config, reason)
         self._gpu = None
         if simulator:
             self.xp = np
-            self._view = lambda arr: arr
+            self.views = ViewCache(_numpy_key, _numpy_view)
             self._stream = lambda: 0
         else:
             import cupy
             from numba import cuda
 
             self.xp = cupy
-            # A Numba view of a CuPy array is made once per buffer and reused: building one
-            # (as_cuda_array) costs more host time than the launch it serves. A view is only a
-            # descriptor (address, shape, strides, dtype), so the same key means the same view,
-            # even for a new CuPy array that the memory pool placed at a freed one's address.
             # sync=False: CuPy arrays export their stream, and by default Numba would wait on it
-            # before every launch. We launch on that same stream, so the wait is never needed.
-            views: dict = {}
-
-            def view(arr):
-                key = (arr.data.ptr, arr.shape, arr.strides, arr.dtype.char)
-                v = views.get(key)
-                if v is None:
-                    if len(views) >= 4096:  # a training run uses a few dozen; this bounds odd callers
-                        views.clear()
-                    v = views[key] = cuda.as_cuda_array(arr, sync=False)
-                return v
-
-            self._view = view
+            # before making the view. We launch on that same stream, so the wait is never needed.
+            # owner=None: the view must not keep the CuPy array alive (see ViewCache).
+            self.views = ViewCache(
+                _cupy_key, lambda arr: cuda.from_cuda_array_interface(arr.__cuda_array_interface__, owner=None, sync=False)
+            )
             streams: dict = {}
 
             def current_stream():
@@ -110,7 +206,7 @@ class KernelBackend:
             self._stream = current_stream
 
     def _buf(self, tag, shape, dtype=np.float32):
-        key = (tag, shape, np.dtype(dtype))
+        key = (tag, shape, dtype)
         buf = self._scratch.get(key)
         if buf is None:
             buf = self._scratch[key] = self.xp.empty(shape, dtype)
@@ -118,6 +214,7 @@ class KernelBackend:
 
     # --- the op interface -------------------------------------------------------------------
 
+    @_quietly
     def matmul(self, a, b, out, trans_a, trans_b, variant):
         if variant is not None:
             cfg = self.settings["matmul"][variant]
@@ -126,7 +223,7 @@ class KernelBackend:
             cfg = self.settings["matmul"][variant]
         else:
             variant, cfg = self.matmul_pick(out.shape[0], out.shape[1], b.shape[1] if trans_b else b.shape[0], trans_a, trans_b)
-        v = self._view
+        v = self.views
         # split-K's workspace for its partial tiles: allocated once per shape, reused (stream order
         # keeps one product's sum ahead of the next product's writes).
         ws_shape = matmul.workspace_shape(cfg, out.shape[0], out.shape[1])
@@ -157,27 +254,32 @@ class KernelBackend:
             self._gpu = (name.decode() if isinstance(name, bytes) else str(name), int(dev.attributes["MultiProcessorCount"]))
         return self._gpu
 
+    @_quietly
     def bias_add(self, x, bias, out):
-        v = self._view
+        v = self.views
         elementwise.bias_add(v(x), v(bias), v(out), threads=self.settings["threads"], stream=self._stream())
 
+    @_quietly
     def bias_relu(self, x, bias, out):
-        v = self._view
+        v = self.views
         elementwise.bias_relu(v(x), v(bias), v(out), threads=self.settings["threads"], stream=self._stream())
 
+    @_quietly
     def relu_backward(self, grad, act, out):
-        v = self._view
+        v = self.views
         elementwise.relu_backward(v(grad), v(act), v(out), threads=self.settings["threads"], stream=self._stream())
 
+    @_quietly
     def col_sum(self, x, out):
-        v = self._view
+        v = self.views
         reductions.col_sum(v(x), v(out), stream=self._stream(), **self.settings["col_sum"])
 
+    @_quietly
     def softmax_cross_entropy(self, logits, labels, grad):
         rows, classes = logits.shape
         row_loss = self._buf("row_loss", (rows,))
         result = self.xp.empty((1,), np.float32)  # fresh: the caller may keep the loss of every step
-        v = self._view
+        v = self.views
         loss.softmax_cross_entropy(
             v(logits), v(labels), v(grad), v(row_loss), v(result),
             threads=_row_threads(classes, self.settings["row_threads_max"]), stream=self._stream(),
@@ -187,28 +289,40 @@ class KernelBackend:
     # --- the training step: six launches, each worked out once per shape -----------------------
     #
     # These are the step's launchers. The op layer (rawgpu/ops.py) has checked every argument, so
-    # all that is left is to find this shape's launch and call the kernel. The first call for a
-    # shape asks the kernel module for the grid and block (a kernels._launch.Launch), specialises
-    # it to the argument types (Numba then skips its per-launch type dispatch) and keeps it; every
-    # later call is a dict lookup, the arguments' views, and the launch.
+    # all that is left is to find this launch and call the kernel. The first call for a shape asks
+    # the kernel module for the grid and block (a kernels._launch.Launch), specialises it to the
+    # argument types (Numba then skips its per-launch type dispatch) and keeps it. The first call
+    # with given arrays also makes the argument tuple (their views, then the scalars) and keeps it
+    # bound to the launch, found again by the arrays' ids for as long as they live. A step passes
+    # the same arrays every time, so a step's launch is one dict lookup and the call.
 
-    def _launch(self, args, plan, *plan_args):
-        """Launch ``args``; the launch is ``plan(*plan_args)``, made on the first call with these
-        plan arguments (the kernel's shape, configuration and stream) and kept."""
-        key = (plan, *plan_args)
+    def _launch(self, arrays, plan, *plan_args, scalars=()):
+        """Launch ``plan(*plan_args)`` (the kernel's shape, configuration and stream) on the engine
+        arrays ``arrays`` followed by ``scalars``."""
+        ready = self._ready.get((plan, *plan_args, *scalars, *ids(arrays)))
+        if ready is None:
+            ready = self._prepare(arrays, plan, plan_args, scalars)
+        ready[0]()
+
+    def _prepare(self, arrays, plan, plan_args, scalars):
+        key = (plan, *plan_args, *scalars)
         launch = self._launches.get(key, _UNPLANNED)
         if launch is _UNPLANNED:
             if len(self._launches) >= 1024:  # a run needs a handful; this bounds odd callers
                 self._launches.clear()
             launch = plan(*plan_args)  # None: an empty output, nothing to launch
-            launch = self._launches[key] = None if launch is None else launch.specialised(*args)
-        if launch is not None:
-            launch(*args)
+            if launch is not None:
+                with quiet_small_grids():  # on a GPU the launch is configured here, once
+                    launch = launch.specialised(*map(self.views, arrays), *scalars)
+            self._launches[key] = launch
+        if len(self._ready) >= 4096:  # a step needs six; this bounds callers that change scalars at every call
+            self._ready.clear()
+        bound = _nothing if launch is None else functools.partial(launch, *map(self.views, arrays), *scalars)
+        return keep_while_alive(self._ready, (*key, *ids(arrays)), arrays, bound)
 
     def _tiled(self, epilogue, a, b, c, e):
         """One fused matmul ``c = op(a) @ op(b)`` whose epilogue reads or writes ``e``."""
-        v = self._view
-        self._launch((v(a), v(b), v(c), v(e)), fused.tiled_launch, epilogue, self.settings["fused"], *c.shape, self._stream())
+        self._launch((a, b, c, e), fused.tiled_launch, epilogue, self.settings["fused"], *c.shape, self._stream())
 
     def linear_relu(self, x, w, b, out):
         self._tiled(fused.BIAS_RELU, x, w, out, b)
@@ -222,8 +336,7 @@ class KernelBackend:
         # Evaluation counts nothing (accumulate=False), but the kernel still finds its last block
         # with a counter that must start at 0: the training counters are not to be touched.
         counters, sums = (stats.counters, stats.sums) if stats is not None else self._eval_counters()
-        v = self._view
-        self._launch((v(a), v(w), v(b), v(labels), v(z), v(dz), v(row_loss), v(result), v(counters), v(sums)),
+        self._launch((a, w, b, labels, z, dz, row_loss, result, counters, sums),
                      fused.softmax_ce_launch, rows, w.shape[1], self.settings["fused_threads"], stats is not None, self._stream())
         return result.reshape(())
 
@@ -243,13 +356,17 @@ class KernelBackend:
         if n == 0:
             return
         lr, momentum, weight_decay, nesterov = settings
-        v = self._view
-        # The update does not care about the shape: it runs over the flat (contiguous) buffers.
-        args = (v(param.reshape(n)), v(grad.reshape(n)), v(velocity.reshape(n)), *optimizer.hyper_args(lr, momentum, weight_decay))
-        self._launch(args, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream())
+        # The update does not care about the shape: it runs over the flat (contiguous) buffers. The
+        # optimizer's are flat already and are passed as they are, the same objects every step, so
+        # the kept launch is found by their ids; a reshape would be a new array at every call.
+        flat = [arr if arr.ndim == 1 else arr.reshape(n) for arr in (param, grad, velocity)]
+        self._launch(flat, optimizer.sgd_launch, n, nesterov, self.settings["threads"], None, self._stream(),
+                     scalars=_sgd_scalars(lr, momentum, weight_decay))
 
+    @_quietly
     def correct_count(self, logits, labels):
-        count = self.xp.zeros((1,), np.int32)
-        v = self._view
+        count = self._buf("count", (1,), np.int32)  # one buffer (and view), read back before the next call
+        count.fill(0)
+        v = self.views
         reductions.correct_count(v(logits), v(labels), v(count), threads=self.settings["threads"], stream=self._stream())
         return int(count[0])
