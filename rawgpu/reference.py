@@ -169,3 +169,32 @@ def maxpool2x2_backward(dy, argmax, in_shape) -> np.ndarray:
     dx = np.zeros((n, c, h * w))
     np.put_along_axis(dx, np.asarray(argmax).reshape(n, c, -1), _f64(dy).reshape(n, c, -1), axis=2)
     return dx.reshape(in_shape)
+
+
+def cnn_loss_and_grads(x, labels, params: dict, *, pad: int, relu: bool = False) -> tuple[float, dict]:
+    """The CNN's (rawgpu/cnn.py) loss and gradients: three conv -> [ReLU] -> 2x2 max-pool
+    stages, flatten, ``fc1`` (W4, b4) -> [ReLU] -> ``fc2`` (W5, b5), softmax cross-entropy; the
+    backward pass straight from the derivation table in cnn.py. ``x`` is (N, C, H, W)."""
+    act = (lambda h: np.maximum(h, 0.0)) if relu else (lambda h: h)
+    mask = (lambda d, h: d * (h > 0)) if relu else (lambda d, h: d)
+    feats, hs, picks = [_f64(x)], [], []
+    for i in (1, 2, 3):  # the conv stages
+        h = act(conv2d(feats[-1], params[f"W{i}"], params[f"b{i}"], pad=pad))
+        p, arg = maxpool2x2(h)
+        hs.append(h)
+        picks.append(arg)
+        feats.append(p)
+    f = feats[-1].reshape(len(feats[-1]), -1)
+    a4 = act(f @ _f64(params["W4"]) + _f64(params["b4"]))
+    _, loss, dz = linear_softmax_ce(a4, params["W5"], params["b5"], labels)
+    grads = {}
+    grads["W5"], grads["b5"] = weight_grad(a4, dz)
+    dh4 = mask(dz @ _f64(params["W5"]).T, a4)
+    grads["W4"], grads["b4"] = weight_grad(f, dh4)
+    dp = (dh4 @ _f64(params["W4"]).T).reshape(feats[-1].shape)
+    for i in (3, 2, 1):
+        dh = mask(maxpool2x2_backward(dp, picks[i - 1], hs[i - 1].shape), hs[i - 1])
+        grads[f"W{i}"], grads[f"b{i}"] = conv2d_weight_grad(feats[i - 1], dh, _f64(params[f"W{i}"]).shape[2], pad=pad)
+        if i > 1:
+            dp = conv2d_input_grad(dh, params[f"W{i}"], pad=pad)
+    return loss, grads
