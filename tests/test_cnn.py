@@ -17,7 +17,7 @@ from rawgpu.cnn import PARAM_NAMES
 
 ON_GPU = KERNEL_ENGINE == "cuda"
 # A narrow network on tiny odd images for the simulator: (in_shape, channels, hidden, classes).
-TINY = ((3, 9, 8), (3, 4, 5), 6, 4)
+TINY = ((2, 8, 9), (2, 3, 2), 3, 3)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,7 @@ def torch_grads(torch, net, layers, x, y):
     for i, layer in enumerate(layers, start=1):
         grads[f"W{i}"] = layer.weight.grad.numpy() if i <= 3 else layer.weight.grad.numpy().T
         grads[f"b{i}"] = layer.bias.grad.numpy()
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 def test_seed_network_shape_count_and_init():
@@ -154,7 +154,9 @@ def test_seed_network_gradients_match_pytorch_numpy_engine(rng, activation):
     _check_against_torch(model, x, y, activation, tol=1e-4)
 
 
-@pytest.mark.parametrize("activation", ["none", "relu"])
+# ReLU only in the simulator: it runs the fused conv epilogue and the masks; "none" runs the same
+# conv kernels and ops already checked on their own (test_ops_cnn.py), and each step costs seconds.
+@pytest.mark.parametrize("activation", ["relu"] if not ON_GPU else ["none", "relu"])
 def test_gradients_match_pytorch_kernel_engine(rng, activation):
     rawgpu.use(KERNEL_ENGINE)
     if ON_GPU:
@@ -180,7 +182,7 @@ def _sgd_steps_match_pytorch(model, steps_data, activation, lr=0.01):
         loss_t = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y, dtype=torch.long))
         loss_t.backward()
         opt_t.step()
-        assert abs(loss - float(loss_t)) < 1e-4 * max(1.0, abs(float(loss_t)))
+        assert abs(loss - loss_t.item()) < 1e-4 * max(1.0, abs(loss_t.item()))
     for i, layer in enumerate(layers, start=1):
         w = layer.weight.detach().numpy()
         assert_close(model.state_dict()[f"W{i}"], w if i <= 3 else w.T, tol=1e-4, what=f"W{i} after {len(steps_data)} steps")
@@ -189,7 +191,7 @@ def _sgd_steps_match_pytorch(model, steps_data, activation, lr=0.01):
 
 def test_ten_sgd_steps_match_pytorch_numpy_engine(rng):
     model = rawgpu.SmallCNN(seed=int(rng.integers(1 << 30)))
-    _sgd_steps_match_pytorch(model, [batch(rng, 8, (3, 32, 32), 10) for _ in range(10)], "none")
+    _sgd_steps_match_pytorch(model, [batch(rng, 4, (3, 32, 32), 10) for _ in range(10)], "none")
 
 
 def test_ten_sgd_steps_match_pytorch_kernel_engine(rng):

@@ -52,9 +52,11 @@ LAUNCH = {
 
 
 #: The CNN's kernels per engine: the conv implicit-GEMM tiles and the pool kernels' block size.
+#: The simulator's tiles are larger than the kernel tests' (conv.SIM_PARAMS): a network step
+#: launches eight convs, and the simulator's cost is per block and per barrier, not per flop.
 CNN_LAUNCH = {
     "cuda": {"conv": conv.config(), "pool_threads": 256},
-    "sim": {"conv": conv.sim_config(), "pool_threads": 8},
+    "sim": {"conv": conv.config(bm=12, bn=8, bk=16, tm=4, tn=4), "pool_threads": 32},
 }
 
 
