@@ -18,6 +18,51 @@ from rawgpu import ops
 PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4", "W5", "b5")
 ACTIVATIONS = ("none", "relu")
 KERNEL, PAD = 5, 2  # every conv: 5x5, 'same' padding, stride 1
+CHANNELS = (32, 32, 64)  # the seed's conv widths
+
+
+#: Images per evaluation batch: the NumPy engine's im2col of a batch is K*K = 25 times its
+#: activations, so a smaller batch than the MLP's 1000 keeps that scratch in the tens of MB.
+EVAL_BATCH = 256
+
+
+def stage_shapes(in_shape, channels) -> list:
+    """The (channels, height, width) of each conv's output: the convs keep the image size
+    ('same' padding), and each 2x2 pool halves it, rounding down."""
+    _, h, w = in_shape
+    shapes = []
+    for c in channels:
+        shapes.append((c, h, w))
+        h, w = h // 2, w // 2
+    return shapes
+
+
+def param_shapes(in_shape, channels, hidden, classes) -> dict:
+    """Every parameter's shape, by name: convs (out, in, K, K), linear layers (in, out)."""
+    shapes = {}
+    for i, (cin, cout) in enumerate(zip((in_shape[0], *channels[:2]), channels), start=1):
+        shapes[f"W{i}"], shapes[f"b{i}"] = (cout, cin, KERNEL, KERNEL), (cout,)
+    c, h, w = stage_shapes(in_shape, channels)[-1]
+    shapes["W4"], shapes["b4"] = (c * (h // 2) * (w // 2), hidden), (hidden,)
+    shapes["W5"], shapes["b5"] = (hidden, classes), (classes,)
+    return shapes
+
+
+def image_shape(pixels_shape) -> tuple:
+    """(channels, height, width) of a dataset's images from the shape of one image as the
+    loaders give it: (28, 28) or (784,) -> (1, 28, 28); CIFAR-10's (3072,) (stored channel by
+    channel) -> (3, 32, 32). Raises ValueError for anything else."""
+    shape = tuple(int(v) for v in pixels_shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3:
+        return shape
+    pixels = shape[0] if len(shape) == 1 else 0
+    for chans in (1, 3):
+        side = int(round((pixels / chans) ** 0.5))
+        if pixels and side * side * chans == pixels:
+            return (chans, side, side)
+    raise ValueError(f"--model cnn needs square images of 1 or 3 channels; cannot tell the image shape of {pixels} values per image")
 
 
 def _positive(name, value):
@@ -58,7 +103,7 @@ class SmallCNN:
     """
 
     def __init__(self, in_shape=(3, 32, 32), classes: int = 10, *, activation: str = "none", seed: int = 0,
-                 channels=(32, 32, 64), hidden: int = 64):
+                 channels=CHANNELS, hidden: int = 64):
         if len(tuple(in_shape)) != 3:
             raise ValueError(f"in_shape must be (channels, height, width), got {in_shape!r}")
         self.in_shape = tuple(_positive(n, v) for n, v in zip(("channels", "height", "width"), in_shape))
@@ -75,21 +120,13 @@ class SmallCNN:
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a whole number >= 0 (it seeds NumPy's generator), got {seed!r}")
         self.seed = seed
-        c0, h, w = self.in_shape
-        # The image shape at each stage: the convs keep it ('same' padding), each pool halves it.
-        self.stage_shapes = []
-        for c in self.channels:
-            self.stage_shapes.append((c, h, w))
-            h, w = h // 2, w // 2
-        self.flat_features = self.channels[2] * h * w
+        self.stage_shapes = stage_shapes(self.in_shape, self.channels)
+        c, h, w = self.stage_shapes[-1]
+        self.flat_features = c * (h // 2) * (w // 2)
         self.engine = _engine.current()
 
         rng = np.random.default_rng(seed)
-        shapes = {}
-        for i, (cin, cout) in enumerate(zip((c0, *self.channels[:2]), self.channels), start=1):
-            shapes[f"W{i}"], shapes[f"b{i}"] = (cout, cin, KERNEL, KERNEL), (cout,)
-        shapes["W4"], shapes["b4"] = (self.flat_features, self.hidden), (self.hidden,)
-        shapes["W5"], shapes["b5"] = (self.hidden, self.classes), (self.classes,)
+        shapes = self.shapes = param_shapes(self.in_shape, self.channels, self.hidden, self.classes)
         host = {}
         for i in range(1, 6):
             wshape = shapes[f"W{i}"]
@@ -97,7 +134,6 @@ class SmallCNN:
             bound = 1.0 / np.sqrt(fan_in)
             host[f"W{i}"] = rng.uniform(-bound, bound, size=wshape).astype(np.float32)
             host[f"b{i}"] = rng.uniform(-bound, bound, size=shapes[f"b{i}"]).astype(np.float32)
-        self.shapes = shapes
         self.flat_params = self.engine.asarray(np.concatenate([host[name].ravel() for name in PARAM_NAMES]))
         self.flat_grads = self.engine.zeros(self.flat_params.shape)
         self.params = self.views(self.flat_params)
@@ -247,7 +283,7 @@ class SmallCNN:
                 ops.conv2d_input_grad(dh, p[f"W{i}"], pad=PAD, out=buf[f"dp{i - 1}"])
         return loss
 
-    def evaluate(self, x, labels, *, batch_size: int = 1000) -> tuple[float, float]:
+    def evaluate(self, x, labels, *, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
         """Mean loss and accuracy over a whole set, in batches (the gradients are left alone)."""
         x = self._images(x)
         n = x.shape[0]
