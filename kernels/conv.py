@@ -109,6 +109,37 @@ def _inner_product(As, Bs, acc, a_reg, b_reg, tx, ty, threads_x, threads_y, bk, 
 _inner = cuda.jit(device=True, inline="always")(_inner_product)
 
 
+@cuda.jit(device=True, inline="always")
+def _pixel(m, plane, width):
+    """GEMM row ``m`` as the output pixel ``(n, y, x)`` (``plane = height * width``)."""
+    n = m // plane
+    yx = m - n * plane
+    y = yx // width
+    return n, y, yx - y * width
+
+
+@cuda.jit(device=True, inline="always")
+def _tap(k, kh, kw):
+    """GEMM index ``k`` as ``(c, i, j)``: an input channel and a kernel offset."""
+    c = k // (kh * kw)
+    ij = k - c * (kh * kw)
+    i = ij // kw
+    return c, i, ij - i * kw
+
+
+@cuda.jit(device=True, inline="always")
+def _im2col_at(img, m, k, plane, width, kh, kw, pad):
+    """``im2col[m, k]``: image ``img`` (zero-padded by ``pad``) under kernel offset ``(i, j)`` of
+    channel ``c`` for output pixel ``(n, y, x)``; 0 where the window hangs over the padding."""
+    n, y, x = _pixel(m, plane, width)
+    c, i, j = _tap(k, kh, kw)
+    hh = y + i - pad
+    ww = x + j - pad
+    if 0 <= hh < img.shape[2] and 0 <= ww < img.shape[3]:
+        return img[n, c, hh, ww]
+    return float32(0.0)
+
+
 @functools.lru_cache(maxsize=None)
 def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, tm: int, tn: int):
     """``kernel(img, w, b, out, pad)``: ``out = correlate(img padded by pad, B) (+ b) (ReLU)``.
@@ -132,7 +163,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
         acc = cuda.local.array((tm, tn), float32)
         a_reg = cuda.local.array(tm, float32)
         b_reg = cuda.local.array(tn, float32)
-        n_img, c_in, h_in, w_in = img.shape
+        n_img, c_in = img.shape[0], img.shape[1]
         c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
         kh, kw = w.shape[2], w.shape[3]
         plane = h_out * w_out
@@ -158,18 +189,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                     k = k0 + kk
                     v = float32(0.0)
                     if m < m_len and k < k_len:
-                        n = m // plane
-                        yx = m - n * plane
-                        y = yx // w_out
-                        x = yx - y * w_out
-                        c = k // (kh * kw)
-                        ij = k - c * (kh * kw)
-                        i = ij // kw
-                        j = ij - i * kw
-                        hh = y + i - pad
-                        ww = x + j - pad
-                        if 0 <= hh < h_in and 0 <= ww < w_in:  # outside: the zero padding
-                            v = img[n, c, hh, ww]
+                        v = _im2col_at(img, m, k, plane, w_out, kh, kw, pad)
                     As[kk, mm] = v
             # B tile: the weights, read in place (flipped and transposed by index when flip).
             for load in range(loads_b):
@@ -181,10 +201,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                     k = k0 + kk
                     v = float32(0.0)
                     if col < c_out and k < k_len:
-                        c = k // (kh * kw)
-                        ij = k - c * (kh * kw)
-                        i = ij // kw
-                        j = ij - i * kw
+                        c, i, j = _tap(k, kh, kw)
                         if flip:
                             v = w[c, col, kh - 1 - i, kw - 1 - j]
                         else:
@@ -201,10 +218,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
         for r in range(tm):
             m = row0 + tx + r * threads_x
             if m < m_len:
-                n = m // plane
-                yx = m - n * plane
-                y = yx // w_out
-                x = yx - y * w_out
+                n, y, x = _pixel(m, plane, w_out)
                 for s in range(tn):
                     col = col0 + ty + s * threads_y
                     if col < c_out:
@@ -237,7 +251,7 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
         a_reg = cuda.local.array(tm, float32)
         b_reg = cuda.local.array(tn, float32)
         rowsum = cuda.local.array(sum_rows, float32)
-        n_img, c_in, h_in, w_in = img.shape
+        n_img, c_in = img.shape[0], img.shape[1]
         c_out, h_out, w_out = dy.shape[1], dy.shape[2], dy.shape[3]
         kh, kw = dw.shape[2], dw.shape[3]
         plane = h_out * w_out
@@ -266,10 +280,8 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
                     k = k0 + kk
                     v = float32(0.0)
                     if o < c_out and k < k_len:
-                        n = k // plane
-                        yx = k - n * plane
-                        y = yx // w_out
-                        v = dy[n, o, y, yx - y * w_out]
+                        n, y, x = _pixel(k, plane, w_out)
+                        v = dy[n, o, y, x]
                     As[kk, mm] = v
             for load in range(loads_b):
                 idx = tid + load * threads
@@ -280,17 +292,7 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
                     k = k0 + kk
                     v = float32(0.0)
                     if col < n_len and k < k_len:
-                        n = k // plane
-                        yx = k - n * plane
-                        y = yx // w_out
-                        x = yx - y * w_out
-                        c = col // (kh * kw)
-                        ij = col - c * (kh * kw)
-                        i = ij // kw
-                        hh = y + i - pad
-                        ww = x + (ij - i * kw) - pad
-                        if 0 <= hh < h_in and 0 <= ww < w_in:
-                            v = img[n, c, hh, ww]
+                        v = _im2col_at(img, k, col, plane, w_out, kh, kw, pad)
                     Bs[kk, jj] = v
             cuda.syncthreads()
             if sums_bias:  # the bias gradient, from the dy tile already here
@@ -308,10 +310,8 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
                 for s in range(tn):
                     col = col0 + ty + s * threads_y
                     if col < n_len:
-                        c = col // (kh * kw)
-                        ij = col - c * (kh * kw)
-                        i = ij // kw
-                        dw[o, c, i, ij - i * kw] = acc[r, s]
+                        c, i, j = _tap(col, kh, kw)
+                        dw[o, c, i, j] = acc[r, s]
         if sums_bias:
             for q in range(sum_rows):
                 mm = tid + q * threads

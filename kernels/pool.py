@@ -23,18 +23,23 @@ from numba import cuda, float32
 from ._launch import Launch, check_threads, grid_stride_blocks
 
 
+@cuda.jit(device=True, inline="always")
+def _unflatten(idx, chans, height, width):
+    """A flat NCHW index as ``(n, c, y, x)``."""
+    x = idx % width
+    rest = idx // width
+    y = rest % height
+    rest //= height
+    return rest // chans, rest % chans, y, x
+
+
 @cuda.jit
 def maxpool2x2_kernel(x, out, argmax):
     n_img, chans, ho, wo = out.shape
     w_in = x.shape[3]
     total = n_img * chans * ho * wo
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-        ox = idx % wo
-        rest = idx // wo
-        oy = rest % ho
-        rest //= ho
-        c = rest % chans
-        n = rest // chans
+        n, c, oy, ox = _unflatten(idx, chans, ho, wo)
         h0, w0 = 2 * oy, 2 * ox
         best = x[n, c, h0, w0]
         pick = h0 * w_in + w0
@@ -55,12 +60,7 @@ def maxpool2x2_backward_kernel(dy, argmax, dx):
     ho, wo = dy.shape[2], dy.shape[3]
     total = n_img * chans * h_in * w_in
     for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-        w = idx % w_in
-        rest = idx // w_in
-        h = rest % h_in
-        rest //= h_in
-        c = rest % chans
-        n = rest // chans
+        n, c, h, w = _unflatten(idx, chans, h_in, w_in)
         oy, ox = h // 2, w // 2
         g = float32(0.0)
         if oy < ho and ox < wo and argmax[n, c, oy, ox] == h * w_in + w:

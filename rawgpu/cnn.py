@@ -14,6 +14,7 @@ import numpy as np
 
 from rawgpu import engine as _engine
 from rawgpu import ops
+from rawgpu.model import FlatParams
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4", "W5", "b5")
 ACTIVATIONS = ("none", "relu")
@@ -71,7 +72,7 @@ def _positive(name, value):
     return int(value)
 
 
-class SmallCNN:
+class SmallCNN(FlatParams):
     """Three conv + 2x2 max-pool stages, then two linear layers: the seed's CIFAR-10 network.
 
     Shapes, for a batch of ``B`` images of ``C x H x W`` (CIFAR-10: 3 x 32 x 32; MNIST and
@@ -142,15 +143,7 @@ class SmallCNN:
         self._buffers: dict[int, dict] = {}
 
     param_names = PARAM_NAMES
-
-    def views(self, flat) -> dict:
-        """Named views ``W1, b1, ..., W5, b5`` into a flat buffer laid out like the parameters."""
-        out, start = {}, 0
-        for name in PARAM_NAMES:
-            size = int(np.prod(self.shapes[name]))
-            out[name] = flat[start : start + size].reshape(self.shapes[name])
-            start += size
-        return out
+    eval_batch = EVAL_BATCH
 
     @property
     def num_params(self) -> int:
@@ -283,23 +276,13 @@ class SmallCNN:
                 ops.conv2d_input_grad(dh, p[f"W{i}"], pad=PAD, out=buf[f"dp{i - 1}"])
         return loss
 
-    def evaluate(self, x, labels, *, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
-        """Mean loss and accuracy over a whole set, in batches (the gradients are left alone)."""
-        x = self._images(x)
-        n = x.shape[0]
-        if n == 0:
-            raise ValueError("cannot evaluate on an empty set")
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        total_loss, correct = 0.0, 0
-        for start in range(0, n, batch_size):
-            xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
-            buf = self._work(xb.shape[0])
-            a4 = self._hidden(self._features(xb, buf), buf)
-            loss = ops.linear_softmax_ce(a4, self.params["W5"], self.params["b5"], yb, logits_out=buf["z"], grad_out=buf["dz"])
-            total_loss += float(loss) * xb.shape[0]
-            correct += ops.correct_count(buf["z"], yb)
-        return total_loss / n, correct / n
+    def evaluate(self, x, labels, *, batch_size: int | None = None) -> tuple[float, float]:
+        """Mean loss and accuracy over a whole set, in batches of ``EVAL_BATCH`` images by default."""
+        return super().evaluate(self._images(x), labels, batch_size=batch_size)
+
+    def _eval_batch(self, xb, yb, buf):
+        a4 = self._hidden(self._features(xb, buf), buf)
+        return ops.linear_softmax_ce(a4, self.params["W5"], self.params["b5"], yb, logits_out=buf["z"], grad_out=buf["dz"])
 
     # --- saving and loading --------------------------------------------------------------------
 
@@ -308,20 +291,5 @@ class SmallCNN:
         return {"model": "cnn", "in_shape": list(self.in_shape), "channels": list(self.channels),
                 "hidden": self.hidden, "classes": self.classes, "activation": self.activation}
 
-    def state_dict(self) -> dict:
-        """The ten parameters as NumPy float32 copies, under the names W1, b1, ..., W5, b5."""
-        return {name: self.engine.to_host(self.params[name]).copy() for name in PARAM_NAMES}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Copy parameters in from NumPy arrays; shapes must match this network exactly."""
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict of arrays named {', '.join(PARAM_NAMES)}, got {type(state).__name__}")
-        missing = [name for name in PARAM_NAMES if name not in state]
-        if missing:
-            raise ValueError(f"state_dict is missing {', '.join(missing)}")
-        for name in PARAM_NAMES:
-            got, want = tuple(np.shape(state[name])), tuple(self.params[name].shape)
-            if got != want:
-                raise ValueError(f"{name} has shape {got} but this network ({self.in_shape} images) needs {want}")
-        for name in PARAM_NAMES:
-            self.params[name][...] = self.engine.asarray(np.asarray(state[name], dtype=np.float32))
+    def describe(self) -> str:
+        return f"cnn on {'x'.join(map(str, self.in_shape))} images"

@@ -12,29 +12,13 @@ import rawgpu
 from rawgpu import cli, memory
 from rawgpu.cnn import image_shape
 from rawgpu.data import cifar
+from test_cli import assert_short_error, run  # the CLI in this process, and its one-line errors
 
 
 @pytest.fixture(autouse=True)
 def numpy_engine():
     yield
     rawgpu.use("numpy")
-
-
-def run(capsys, *argv):
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_short_error(code, err, *needles):
-    assert code not in (0, None), f"expected a failure, got exit {code}"
-    assert "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    for needle in needles:
-        assert needle in last, f"{needle!r} not in {last!r}"
 
 
 @pytest.fixture
