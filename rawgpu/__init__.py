@@ -13,14 +13,14 @@ The engine must be chosen before the first model is built; see :mod:`rawgpu.engi
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["use", "current", "EngineError", "TwoLayerMLP", "SGD", "__version__"]
+__all__ = ["use", "current", "EngineError", "TwoLayerMLP", "SmallCNN", "SGD", "__version__"]
 
 # The names above load on first use, not at ``import rawgpu``: the ``rawgpu`` command imports
 # this package before anything else, and keeping that import instant means a Ctrl-C in the first
 # moments lands in the command's own handler (one line, exit 130) rather than in NumPy's import.
 _LAZY = {
     "use": "rawgpu.engine", "current": "rawgpu.engine", "EngineError": "rawgpu.engine",
-    "TwoLayerMLP": "rawgpu.model", "SGD": "rawgpu.optim",
+    "TwoLayerMLP": "rawgpu.model", "SmallCNN": "rawgpu.cnn", "SGD": "rawgpu.optim",
 }
 
 

@@ -32,7 +32,6 @@ from rawgpu.memory import gib, host_available
 
 FILENAME = "checkpoint.npz"
 FORMAT = "rawgpu-checkpoint-2"
-PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
 
 class CheckpointError(ValueError):
@@ -155,9 +154,17 @@ def _check_meta(meta, path) -> None:
     if meta["epochs_done"] < 1:
         raise _refuse(path, f"'epochs_done' is {meta['epochs_done']}, a checkpoint holds at least one epoch")
     arch = meta["architecture"]
-    for key in ("in_features", "hidden", "classes"):
+    cnn = arch.get("model") == "cnn"  # the CNN records its kind; an MLP's architecture has no "model"
+    for key in ("hidden", "classes") if cnn else ("in_features", "hidden", "classes"):
         if not _whole(arch.get(key)) or arch[key] < 1:
             raise _refuse(path, f"architecture {key!r} is {arch.get(key)!r}, not a whole number >= 1")
+    if cnn:
+        for key in ("in_shape", "channels"):
+            value = arch.get(key)
+            if not isinstance(value, list) or len(value) != 3 or not all(_whole(v) and v >= 1 for v in value):
+                raise _refuse(path, f"architecture {key!r} is {value!r}, not three whole numbers >= 1")
+        if arch.get("activation") not in ("none", "relu"):
+            raise _refuse(path, f"architecture 'activation' is {arch.get('activation')!r}, not 'none' or 'relu'")
     ds = meta["dataset"]
     if not isinstance(ds.get("name"), str) or not isinstance(ds.get("fingerprint"), str):
         raise _refuse(path, "its header does not say which dataset it was trained on")
@@ -172,15 +179,19 @@ def _check_meta(meta, path) -> None:
 
 
 def _shapes(arch: dict) -> dict:
+    if arch.get("model") == "cnn":
+        from rawgpu.cnn import param_shapes
+
+        return param_shapes(arch["in_shape"], arch["channels"], arch["hidden"], arch["classes"])
     d, h, c = arch["in_features"], arch["hidden"], arch["classes"]
     return {"W1": (d, h), "b1": (h,), "W2": (h, c), "b2": (c,)}
 
 
 def _check_arrays(kind: str, arrays: dict, arch: dict, path) -> None:
-    names = sorted(arrays)
-    if names != sorted(PARAM_NAMES):
-        raise _refuse(path, f"its {kind} arrays are {names or 'missing'}, not {', '.join(PARAM_NAMES)}")
-    for name, want in _shapes(arch).items():
+    names, shapes = sorted(arrays), _shapes(arch)
+    if names != sorted(shapes):
+        raise _refuse(path, f"its {kind} arrays are {names or 'missing'}, not {', '.join(shapes)}")
+    for name, want in shapes.items():
         arr = arrays[name]
         if arr.dtype != np.float32:
             raise _refuse(path, f"{kind} {name} is {arr.dtype}, not float32")

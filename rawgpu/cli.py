@@ -81,7 +81,12 @@ def build_parser():
     hp.add_argument("--momentum", type=number_arg(float, minimum=0.0), default=0.9, help="SGD momentum, usually 0 to 0.99 (default: %(default)s)")
     hp.add_argument("--weight-decay", type=number_arg(float, minimum=0.0), default=0.0, help="L2 penalty added to each gradient (default: %(default)s)")
     hp.add_argument("--nesterov", action="store_true", help="Nesterov momentum (default: off)")
-    hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=128, help="hidden units (default: %(default)s)")
+    hp.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                    help="mlp: input -> hidden (ReLU) -> classes; cnn: the CIFAR-10 example's 3 conv + pool stages and 2 linear layers (default: %(default)s)")
+    hp.add_argument("--activation", choices=("none", "relu"), default="none",
+                    help="the CNN's: none (the seed's network, max-pool its only non-linearity) or relu after each conv and the first linear layer (default: %(default)s)")
+    hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=None,
+                    help="hidden units (the CNN's first linear layer) (default: 128 for mlp, 64 for cnn)")
     hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0, help="seeds the initial weights and the shuffles (default: %(default)s)")
     out = t.add_argument_group("outputs")
     out.add_argument("--metrics", metavar="FILE", help="JSON lines: one record per epoch, and one every --log-every steps (default: none)")
@@ -120,7 +125,8 @@ def _train(args) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, nesterov=args.nesterov, hidden=args.hidden, seed=args.seed,
+        weight_decay=args.weight_decay, nesterov=args.nesterov, seed=args.seed, model=args.model, activation=args.activation,
+        hidden=args.hidden if args.hidden is not None else (64 if args.model == "cnn" else 128),
     )
     config.validate()
     if args.resume and not args.checkpoint_dir:
@@ -158,8 +164,14 @@ def _train(args) -> int:
             "than a GPU (it is for stepping through kernels on tiny data): keep --hidden and --batch-size "
             "small and cut the data with --limit-train/--limit-test"
         )
+    if config.model == "cnn":
+        from rawgpu.cnn import image_shape
+
+        network = f"cnn on {'x'.join(map(str, image_shape(dataset.train_images.shape[1:])))} images (activation {config.activation})"
+    else:
+        network = f"network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}"
     log(
-        f"engine: {eng.name} ({eng.reason}); network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}, "
+        f"engine: {eng.name} ({eng.reason}); {network}, "
         f"{len(dataset.train_labels)} train / {len(dataset.test_labels)} test images, "
         f"SGD lr {config.lr:g} momentum {config.momentum:g}, batch {config.batch_size}, {config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     )

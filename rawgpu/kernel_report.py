@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 #: The kernel modules, in the order a training step meets them (each has ``compile_targets()``).
-MODULES = ("matmul", "elementwise", "reductions", "loss", "optimizer", "fused")
+MODULES = ("matmul", "elementwise", "reductions", "loss", "optimizer", "fused", "conv", "pool")
 
 INSTALL_HINT = "pip install 'rawgpu[cuda12]'"
 DEFAULT_ARCH = "sm_90"

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 F32 = 4
 EVAL_BATCH = 1000  # TwoLayerMLP.evaluate's batch size
 
@@ -47,6 +49,36 @@ def estimate(*, n_train: int, n_test: int, in_features: int, hidden: int, classe
         # and the ReLU mask (one byte per hidden activation of the largest batch).
         "scratch": F32 * max(D * H, H * C) + max(batches) * H,
         "host staging": F32 * max(n_train, n_test) * D * 2,  # the float32 images and one temporary
+    }
+
+
+def estimate_cnn(*, n_train: int, n_test: int, in_shape, hidden: int, classes: int, batch_size: int) -> dict:
+    """The same parts for ``--model cnn`` (rawgpu.SmallCNN at the seed's widths). Per batch size
+    it keeps, for each conv stage, its output ``h`` and ``dL/dh``, and the pooled ``p``, the
+    argmax and ``dL/dp``; the NumPy engine's scratch is dominated by im2col, ``C K K`` values per
+    output pixel of each conv, kept per stage for the forward pass and both gradients."""
+    from rawgpu.cnn import CHANNELS as channels
+    from rawgpu.cnn import EVAL_BATCH as CNN_EVAL
+    from rawgpu.cnn import KERNEL, param_shapes, stage_shapes
+
+    D = in_shape[0] * in_shape[1] * in_shape[2]
+    params = sum(int(np.prod(shape)) for shape in param_shapes(in_shape, channels, hidden, classes).values())
+    stages = stage_shapes(in_shape, channels)
+    per_image = sum(2 * c * h * w + 3 * c * (h // 2) * (w // 2) for c, h, w in stages) + 2 * hidden + 2 * classes
+    cols_per_image = sum(cin * KERNEL * KERNEL * h * w for cin, (_, h, w) in zip((in_shape[0], *channels[:2]), stages))
+    train_batches = {min(batch_size, n_train), n_train % batch_size} - {0}
+    eval_batches = {min(CNN_EVAL, n_test), n_test % CNN_EVAL} - {0}
+    batches = train_batches | eval_batches
+    return {
+        "dataset": F32 * (2 * n_train * D + n_test * D) + 4 * (2 * n_train + n_test),
+        "parameters": F32 * params,
+        "gradients and velocities": 2 * F32 * params,
+        "activations": sum(F32 * per_image * b for b in batches),
+        # Training batches: im2col for the forward pass and both gradients (3 per stage), and the
+        # products before the NCHW copy; evaluation batches: the forward pass's only.
+        "scratch": F32 * (sum(3 * cols_per_image * b + per_image * b for b in train_batches)
+                          + sum(cols_per_image * b for b in eval_batches)),
+        "host staging": F32 * max(n_train, n_test) * D * 2,
     }
 
 

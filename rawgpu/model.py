@@ -14,7 +14,64 @@ from rawgpu import ops
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
 
-class TwoLayerMLP:
+class FlatParams:
+    """What the networks share: named parameters that are views into one flat buffer (so one SGD
+    launch updates them all), and saving and loading them by name. A network sets
+    ``param_names``, ``shapes``, ``params``, ``engine`` and ``describe()``."""
+
+    param_names: tuple = ()
+    eval_batch: int = 1000  # rows per batch of evaluate()
+
+    def views(self, flat) -> dict:
+        """Named views into a flat buffer laid out like the parameters (``param_names`` in order)."""
+        out, start = {}, 0
+        for name in self.param_names:
+            size = int(np.prod(self.shapes[name]))
+            out[name] = flat[start : start + size].reshape(self.shapes[name])
+            start += size
+        return out
+
+    def state_dict(self) -> dict:
+        """The parameters as NumPy float32 copies, under their names."""
+        return {name: self.engine.to_host(self.params[name]).copy() for name in self.param_names}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy parameters in from NumPy arrays; shapes must match this network exactly."""
+        names = self.param_names
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of arrays named {', '.join(names)}, got {type(state).__name__}")
+        missing = [name for name in names if name not in state]
+        if missing:
+            raise ValueError(f"state_dict is missing {', '.join(missing)}")
+        for name in names:
+            want = tuple(self.params[name].shape)
+            got = tuple(np.shape(state[name]))
+            if got != want:
+                raise ValueError(f"{name} has shape {got} but this network ({self.describe()}) needs {want}")
+        for name in names:
+            self.params[name][...] = self.engine.asarray(np.asarray(state[name], dtype=np.float32))
+
+
+    def evaluate(self, x, labels, *, batch_size: int | None = None) -> tuple[float, float]:
+        """Mean loss and accuracy over a whole set, in batches of ``batch_size`` (default
+        ``eval_batch``); the gradients are left alone."""
+        batch_size = self.eval_batch if batch_size is None else batch_size
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("cannot evaluate on an empty set")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        total_loss, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
+            buf = self._work(xb.shape[0])
+            loss = self._eval_batch(xb, yb, buf)
+            total_loss += float(loss) * xb.shape[0]
+            correct += ops.correct_count(buf["z"], yb)
+        return total_loss / n, correct / n
+
+
+class TwoLayerMLP(FlatParams):
     """A two-layer perceptron: ``logits = relu(x @ W1 + b1) @ W2 + b2``.
 
     Shapes, for a batch of ``B`` rows, ``D`` inputs, ``H`` hidden units and ``C`` classes::
@@ -30,6 +87,8 @@ class TwoLayerMLP:
     The work buffers (activations, logits, their gradients) are allocated once per batch size
     and reused by every step.
     """
+
+    param_names = PARAM_NAMES
 
     def __init__(self, in_features: int, hidden: int, classes: int, *, seed: int = 0):
         for name, value in (("in_features", in_features), ("hidden", hidden), ("classes", classes)):
@@ -55,15 +114,6 @@ class TwoLayerMLP:
         self.grads = self.views(self.flat_grads)
         self.stats = ops.StepStats(self.engine)  # the step's loss sums and divergence, kept on the device
         self._buffers: dict[int, dict] = {}
-
-    def views(self, flat) -> dict:
-        """Named views ``W1, b1, W2, b2`` into a flat buffer laid out like the parameters."""
-        out, start = {}, 0
-        for name in PARAM_NAMES:
-            size = int(np.prod(self.shapes[name]))
-            out[name] = flat[start : start + size].reshape(self.shapes[name])
-            start += size
-        return out
 
     # --- buffers ------------------------------------------------------------------------------
 
@@ -136,22 +186,10 @@ class TwoLayerMLP:
         ops.weight_grad(x, buf["dh"], w_out=g["W1"], b_out=g["b1"])
         return loss
 
-    def evaluate(self, x, labels, *, batch_size: int = 1000) -> tuple[float, float]:
-        """Mean loss and accuracy over a whole set, in batches (the gradients are left alone)."""
-        n = x.shape[0]
-        if n == 0:
-            raise ValueError("cannot evaluate on an empty set")
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        total_loss, correct = 0.0, 0
-        for start in range(0, n, batch_size):
-            xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
-            buf = self._work(xb.shape[0])
-            ops.linear_relu(xb, self.params["W1"], self.params["b1"], out=buf["a"])
-            loss = ops.linear_softmax_ce(buf["a"], self.params["W2"], self.params["b2"], yb, logits_out=buf["z"], grad_out=buf["dz"])
-            total_loss += float(loss) * xb.shape[0]
-            correct += ops.correct_count(buf["z"], yb)
-        return total_loss / n, correct / n
+    def _eval_batch(self, xb, yb, buf):
+        """The loss of one evaluation batch, with its logits in ``buf["z"]``."""
+        ops.linear_relu(xb, self.params["W1"], self.params["b1"], out=buf["a"])
+        return ops.linear_softmax_ce(buf["a"], self.params["W2"], self.params["b2"], yb, logits_out=buf["z"], grad_out=buf["dz"])
 
     # --- saving and loading --------------------------------------------------------------------
 
@@ -159,23 +197,5 @@ class TwoLayerMLP:
     def architecture(self) -> dict:
         return {"in_features": self.in_features, "hidden": self.hidden, "classes": self.classes}
 
-    def state_dict(self) -> dict:
-        """The four parameters as NumPy float32 copies, under the names W1, b1, W2, b2."""
-        return {name: self.engine.to_host(self.params[name]).copy() for name in PARAM_NAMES}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Copy parameters in from NumPy arrays; shapes must match this network exactly."""
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict of arrays named {', '.join(PARAM_NAMES)}, got {type(state).__name__}")
-        missing = [name for name in PARAM_NAMES if name not in state]
-        if missing:
-            raise ValueError(f"state_dict is missing {', '.join(missing)}")
-        for name in PARAM_NAMES:
-            want = tuple(self.params[name].shape)
-            got = tuple(np.shape(state[name]))
-            if got != want:
-                raise ValueError(
-                    f"{name} has shape {got} but this network ({self.in_features}-{self.hidden}-{self.classes}) needs {want}"
-                )
-        for name in PARAM_NAMES:
-            self.params[name][...] = self.engine.asarray(np.asarray(state[name], dtype=np.float32))
+    def describe(self) -> str:
+        return f"{self.in_features}-{self.hidden}-{self.classes}"

@@ -38,6 +38,11 @@ __all__ = [
     "weight_grad",
     "StepStats",
     "MATMUL_VARIANTS",
+    "conv2d",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "maxpool2x2",
+    "maxpool2x2_backward",
 ]
 
 #: The matmul ladder's rungs, slowest idea first (kernels/matmul/). Imported from the kernels
@@ -397,6 +402,96 @@ def correct_count(logits, labels):
     if rows == 0:
         return 0
     return int(eng.backend.correct_count(logits, labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# The CNN's ops: 2-D convolution (stride 1, zero padding) and 2x2 max-pooling, on NCHW images
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_pad(pad, k):
+    if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or not 0 <= pad <= k - 1:
+        raise ValueError(f"pad must be an integer in 0..{k - 1} for a {k}x{k} kernel, got {pad!r}")
+
+
+def _conv_shapes(eng, x, w, pad, x_name="x"):
+    """Check a conv's image and weights; return (N, O, Ho, Wo)."""
+    n, c, h, wd = _check(x_name, x, eng, ndim=4)
+    o, c_w, kh, kw = _check("w", w, eng, ndim=4)
+    if c_w != c:
+        raise ValueError(f"w must have {c} input channels (w.shape[1]), one per channel of {x_name}, got shape {(o, c_w, kh, kw)}")
+    if kh != kw:
+        raise ValueError(f"w must hold square kernels, got {kh}x{kw}")
+    _check_pad(pad, kh)
+    ho, wo = h + 2 * pad - kh + 1, wd + 2 * pad - kh + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{x_name}'s {h}x{wd} images are smaller than the {kh}x{kh} kernel with pad {pad}")
+    return n, o, ho, wo
+
+
+def conv2d(x, w, b, *, pad, relu=False, out=None):
+    """``out[n, o, y, x] = b[o] + sum_{c,i,j} xpad[n, c, y + i, x + j] w[o, c, i, j]`` (then
+    ReLU when ``relu``): x (N, C, H, W), w (O, C, K, K) as PyTorch's Conv2d, b (O,), stride 1,
+    ``pad`` zeros on each side (``0 <= pad < K``), out (N, O, H + 2 pad - K + 1, ...)."""
+    eng = _engine.current()
+    n, o, ho, wo = _conv_shapes(eng, x, w, pad)
+    _check("b", b, eng, ndim=1, shape=(o,))
+    out = _output("out", out, eng, (n, o, ho, wo))
+    eng.backend.conv2d(x, w, b, out, int(pad), bool(relu))
+    return out
+
+
+def conv2d_input_grad(dy, w, *, pad, out):
+    """``out = dL/dx`` of :func:`conv2d` (with this ``pad``) from ``dy = dL/dout``: a convolution
+    of ``dy`` with the flipped kernel. ``out`` (N, C, H, W) gives the input's shape."""
+    eng = _engine.current()
+    n, c, h, wd = _check("out", out, eng, ndim=4)
+    o, c_w, kh, _ = _check("w", w, eng, ndim=4)
+    if c_w != c:
+        raise ValueError(f"w must have {c} input channels like out, got shape {tuple(w.shape)}")
+    _check_pad(pad, kh)
+    _check("dy", dy, eng, ndim=4, shape=(n, o, h + 2 * pad - kh + 1, wd + 2 * pad - kh + 1))
+    eng.backend.conv2d_input_grad(dy, w, out, int(pad))
+    return out
+
+
+def conv2d_weight_grad(x, dy, *, pad, w_out, b_out):
+    """``w_out = dL/dw`` (a correlation of the input ``x`` with ``dy = dL/dout``) and ``b_out =
+    dL/db`` (``dy`` summed over images and pixels) of :func:`conv2d`, in one call."""
+    eng = _engine.current()
+    n, o, ho, wo = _conv_shapes(eng, x, w_out, pad)
+    _check("dy", dy, eng, ndim=4, shape=(n, o, ho, wo))
+    _check("b_out", b_out, eng, ndim=1, shape=(o,))
+    eng.backend.conv2d_weight_grad(x, dy, w_out, b_out, int(pad))
+    return w_out, b_out
+
+
+def maxpool2x2(x, *, out=None, argmax_out=None):
+    """2x2 max-pooling, stride 2: ``(out, argmax)``, both (N, C, H // 2, W // 2); ``argmax``
+    (int32) is the picked input's index ``h * W + w`` in its image plane (PyTorch's
+    ``return_indices``). Ties go to the first in row-major order, a NaN wins, and an odd last row
+    or column is dropped."""
+    eng = _engine.current()
+    n, c, h, wd = _check("x", x, eng, ndim=4)
+    if h < 2 or wd < 2:
+        raise ValueError(f"x's images must be at least 2x2 to pool, got {h}x{wd}")
+    shape = (n, c, h // 2, wd // 2)
+    out = _output("out", out, eng, shape)
+    argmax_out = _output("argmax_out", argmax_out, eng, shape, np.int32)
+    eng.backend.maxpool2x2(x, out, argmax_out)
+    return out, argmax_out
+
+
+def maxpool2x2_backward(dy, argmax, *, out):
+    """``out = dL/dx`` of :func:`maxpool2x2`: ``dy`` sent to the inputs ``argmax`` picked, 0 at
+    every other input. ``out`` (N, C, H, W) gives the input's shape."""
+    eng = _engine.current()
+    n, c, h, wd = _check("out", out, eng, ndim=4)
+    shape = (n, c, h // 2, wd // 2)
+    _check("dy", dy, eng, ndim=4, shape=shape)
+    _check("argmax", argmax, eng, ndim=4, dtype=_I32, shape=shape)
+    eng.backend.maxpool2x2_backward(dy, argmax, out)
+    return out
 
 
 def _hyper(name, value, *, positive=False):

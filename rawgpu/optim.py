@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from rawgpu import ops
-from rawgpu.model import PARAM_NAMES
 
 
 def _setting(name):
@@ -56,9 +55,10 @@ class SGD:
 
     def load_state_dict(self, state: dict) -> None:
         """Copy the velocities in from NumPy arrays named like the parameters."""
+        names = tuple(self.velocity)  # the model's parameter names (the MLP's four, the CNN's ten)
         if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict of velocities named {', '.join(PARAM_NAMES)}, got {type(state).__name__}")
-        for name in PARAM_NAMES:
+            raise TypeError(f"state must be a dict of velocities named {', '.join(names)}, got {type(state).__name__}")
+        for name in names:
             want = tuple(self.velocity[name].shape)
             if name not in state or tuple(np.shape(state[name])) != want:
                 raise ValueError(f"optimizer state for {name} is missing or not of shape {want}")

@@ -38,6 +38,7 @@ from rawgpu import engine as _engine
 from rawgpu import memory, metrics_file, ops, outputs, signals
 from rawgpu.atomic import atomic_file
 from rawgpu.graphs import StepGraphs, training_stream
+from rawgpu.cnn import ACTIVATIONS, SmallCNN, image_shape
 from rawgpu.model import TwoLayerMLP
 from rawgpu.optim import SGD
 from rawgpu.progress import Progress
@@ -46,6 +47,9 @@ from rawgpu.progress import Progress
 class TrainingError(RuntimeError):
     """Training cannot go on (a diverged loss, a checkpoint of another network); says why."""
 
+
+#: The networks ``--model`` picks from.
+MODELS = ("mlp", "cnn")
 
 #: The largest --hidden or --batch-size: array sizes the kernels index with 32-bit integers.
 MAX_SIZE = 2**31 - 1
@@ -61,10 +65,18 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = False
-    hidden: int = 128
+    hidden: int = 128  # the MLP's hidden units; the CNN's first linear layer (the seed's: 64)
     seed: int = 0
+    model: str = "mlp"  # or "cnn", rawgpu.SmallCNN
+    activation: str = "none"  # the CNN's: none (the seed's network) or relu; the MLP always has its ReLU
 
     def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.model == "mlp" and self.activation != "none":
+            raise ValueError("--activation applies to --model cnn; the MLP always has its ReLU")
         for name in ("epochs", "batch_size", "hidden", "seed"):
             value = getattr(self, name)
             low = 0 if name == "seed" else 1
@@ -119,15 +131,25 @@ def _rate(per_s: float) -> str:
 
 
 def _fmt_arch(a: dict) -> str:
+    if a.get("model") == "cnn":
+        shape = "x".join(map(str, a.get("in_shape") or ()))
+        return f"cnn ({shape} images, channels {a.get('channels')}, hidden {a.get('hidden')}, {a.get('classes')} classes, activation {a.get('activation')})"
     return f"{a.get('in_features')}-{a.get('hidden')}-{a.get('classes')}"
 
 
 def _check_resumable(meta: dict, model: TwoLayerMLP, dataset_id: dict, config: "TrainConfig", directory, log) -> None:
     """Refuse a checkpoint of another network or dataset; list the settings that changed."""
+    kind = meta["architecture"].get("model", "mlp")  # MLP checkpoints say nothing: they came first
+    if kind != config.model:
+        raise ckpt.CheckpointError(
+            f"the checkpoint in {directory} was trained with --model {kind}, but this run has --model {config.model}; "
+            f"pass --model {kind} to resume it, or use another --checkpoint-dir (the checkpoint was left untouched)"
+        )
     if meta["architecture"] != model.architecture:
+        flags = "--hidden and --activation" if kind == "cnn" else "--hidden"
         raise ckpt.CheckpointError(
             f"the checkpoint in {directory} is for a {_fmt_arch(meta['architecture'])} network, but this run builds "
-            f"{_fmt_arch(model.architecture)}; pass the same --hidden (and data) as that run, or use another --checkpoint-dir "
+            f"{_fmt_arch(model.architecture)}; pass the same {flags} (and data) as that run, or use another --checkpoint-dir "
             f"(the checkpoint was left untouched)"
         )
     have = meta["dataset"]
@@ -139,8 +161,10 @@ def _check_resumable(meta: dict, model: TwoLayerMLP, dataset_id: dict, config: "
         )
     # Other settings may change on purpose (a lower learning rate for the last epochs): the run
     # goes on with the new ones, but says so, since the result is then not the uninterrupted run's.
-    old, new = meta["config"], asdict(config)
-    changed = [f"{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in new if k != "epochs" and old.get(k) != new[k]]
+    old, new, default = meta["config"], asdict(config), asdict(TrainConfig())
+    # A setting an older checkpoint does not record (model, activation) had its default then.
+    changed = [f"{k.replace('_', '-')} {old.get(k, default[k])!r} -> {new[k]!r}" for k in new
+               if k != "epochs" and old.get(k, default[k]) != new[k]]
     if changed:
         log(f"warning: resuming with settings that differ from the checkpoint's: {', '.join(changed)}; the run goes on with the new ones")
 
@@ -237,10 +261,12 @@ def _epoch_record(epoch, loss_sum, n, test_loss, test_acc, seconds) -> dict:
 
 
 def _check_memory(eng, dataset, config: "TrainConfig", in_features: int) -> None:
-    parts = memory.estimate(
-        n_train=len(dataset.train_labels), n_test=len(dataset.test_labels), in_features=in_features,
-        hidden=config.hidden, classes=dataset.num_classes, batch_size=config.batch_size,
-    )
+    sizes = dict(n_train=len(dataset.train_labels), n_test=len(dataset.test_labels), hidden=config.hidden,
+                 classes=dataset.num_classes, batch_size=config.batch_size)
+    if config.model == "cnn":
+        parts = memory.estimate_cnn(in_shape=image_shape(np.shape(dataset.train_images)[1:]), **sizes)
+    else:
+        parts = memory.estimate(in_features=in_features, **sizes)
     memory.check_fits(
         parts, engine=eng.name, hidden=config.hidden, batch_size=config.batch_size,
         available_engine=memory.device_available(eng.xp) if eng.is_device else None,
@@ -345,6 +371,15 @@ class _Run:
     window: dict | None = None  # resumed: where the open --log-every window began (see _restore_sums)
 
 
+def build_model(config: TrainConfig, dataset, in_features: int):
+    """The network ``config.model`` names, sized for ``dataset``: the CNN takes its images in their
+    channel layout (CIFAR-10 3x32x32, MNIST and Fashion 1x28x28), its linear input worked out."""
+    if config.model == "cnn":
+        in_shape = image_shape(np.shape(dataset.train_images)[1:])
+        return SmallCNN(in_shape, dataset.num_classes, activation=config.activation, seed=config.seed, hidden=config.hidden)
+    return TwoLayerMLP(in_features, config.hidden, dataset.num_classes, seed=config.seed)
+
+
 def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, log_every=100, tensorboard=None, graphs=None) -> list[dict]:
     eng = _engine.current()
     if graphs and not eng.is_device:
@@ -354,7 +389,7 @@ def _run(dataset, config, metrics_path, checkpoint_dir, resume, progress, log, l
     # Everything of the run goes on one stream (on the GPU a fresh one: graph capture needs it).
     with training_stream(eng):
         train_split = DeviceSplit(eng, dataset.train_images, dataset.train_labels, dataset.num_classes)
-        model = TwoLayerMLP(in_features, config.hidden, dataset.num_classes, seed=config.seed)
+        model = build_model(config, dataset, in_features)
         run = _Run(
             eng=eng, config=config, model=model, opt=SGD(model, config.lr, config.momentum, config.weight_decay, config.nesterov),
             train_split=train_split, test_split=DeviceSplit(eng, dataset.test_images, dataset.test_labels, dataset.num_classes),

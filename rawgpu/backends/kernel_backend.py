@@ -21,7 +21,7 @@ import weakref
 
 import numpy as np
 
-from rawgpu.kernels import elementwise, fused, loss, matmul, optimizer, reductions
+from rawgpu.kernels import conv, elementwise, fused, loss, matmul, optimizer, pool, reductions
 from rawgpu.kernels.matmul import tuning as matmul_tuning
 from rawgpu.same_arrays import ids, keep_while_alive
 
@@ -86,6 +86,15 @@ def _quietly(method):
             return method(self, *args, **kwargs)
 
     return launcher
+
+
+#: The CNN's kernels per engine: the conv implicit-GEMM tiles and the pool kernels' block size.
+#: The simulator's tiles are larger than the kernel tests' (conv.SIM_PARAMS): a network step
+#: launches eight convs, and the simulator's cost is per block and per barrier, not per flop.
+CNN_LAUNCH = {
+    "cuda": {"conv": conv.config(), "pool_threads": 256},
+    "sim": {"conv": conv.config(bm=12, bn=8, bk=16, tm=4, tn=4), "pool_threads": 32},
+}
 
 
 #: Marks a launch not yet worked out (None means "nothing to launch").
@@ -370,3 +379,34 @@ class KernelBackend:
         v = self.views
         reductions.correct_count(v(logits), v(labels), v(count), threads=self.settings["threads"], stream=self._stream())
         return int(count[0])
+
+    # --- the CNN's ops (kernels/conv.py, kernels/pool.py), each launch worked out once per shape
+
+    def conv2d(self, x, w, b, out, pad, relu):
+        n, o, ho, wo = out.shape
+        v = self._view
+        self._launch((v(x), v(w), v(b), v(out), pad), conv.conv_launch, False, True, relu,
+                     CNN_LAUNCH[self.name]["conv"], n * ho * wo, o, self._stream())
+
+    def conv2d_input_grad(self, dy, w, dx, pad):
+        n, c, h, wd = dx.shape
+        v = self._view
+        # The flipped kernel's padding is K - 1 - pad; its bias argument is not read (dx stands in).
+        self._launch((v(dy), v(w), v(dx.reshape(dx.size)), v(dx), w.shape[2] - 1 - pad), conv.conv_launch, True, False, False,
+                     CNN_LAUNCH[self.name]["conv"], n * h * wd, c, self._stream())
+
+    def conv2d_weight_grad(self, x, dy, dw, db, pad):
+        o, c, k, _ = dw.shape
+        v = self._view
+        self._launch((v(x), v(dy), v(dw), v(db), pad), conv.weight_grad_launch,
+                     CNN_LAUNCH[self.name]["conv"], o, c * k * k, self._stream())
+
+    def maxpool2x2(self, x, out, argmax):
+        v = self._view
+        self._launch((v(x), v(out), v(argmax)), pool.maxpool_launch, pool.maxpool2x2_kernel, out.size,
+                     CNN_LAUNCH[self.name]["pool_threads"], None, self._stream())
+
+    def maxpool2x2_backward(self, dy, argmax, dx):
+        v = self._view
+        self._launch((v(dy), v(argmax), v(dx)), pool.maxpool_launch, pool.maxpool2x2_backward_kernel, dx.size,
+                     CNN_LAUNCH[self.name]["pool_threads"], None, self._stream())

@@ -117,3 +117,89 @@ class NumpyBackend:
 
     def correct_count(self, logits, labels):
         return int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
+
+    # --- the CNN's ops: im2col with stride tricks, then one batched BLAS product -------------
+    #
+    # im2col: every K x K window of the zero-padded image, as a view (sliding_window_view makes
+    # it from strides, no copy), copied once into a scratch matrix laid out for BLAS. The copy is
+    # K*K times the image, the price of turning a convolution into one big GEMM; no Python loop
+    # ever runs over pixels.
+
+    def _padded(self, tag, x, pad):
+        """``x`` with ``pad`` zeros around each image plane, in a scratch buffer (the border is
+        zeroed once, when the buffer is made; only the inside is rewritten)."""
+        if pad == 0:
+            return x
+        n, c, h, w = x.shape
+        key = (tag, (n, c, h + 2 * pad, w + 2 * pad), np.dtype(np.float32))
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.zeros(key[1], np.float32)
+        buf[:, :, pad : pad + h, pad : pad + w] = x
+        return buf
+
+    def _im2col(self, tag, img, k, pad):
+        """im2col of ``img`` (N, C, H, W) padded by ``pad``: the (C k k, N Ho Wo) matrix whose
+        column (n, y, x) holds the k x k window under output pixel (n, y, x) of every channel."""
+        win = np.lib.stride_tricks.sliding_window_view(self._padded(tag, img, pad), (k, k), axis=(2, 3))
+        n, c, ho, wo = win.shape[:4]
+        cols = self._buf(tag + "_cols", (c, k, k, n, ho, wo))
+        np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
+        return cols.reshape(c * k * k, n * ho * wo)
+
+    def _correlate(self, tag, img, w2, k, pad, out):
+        """``out`` (N, O, Ho, Wo) = ``w2`` (O, C k k) times im2col of ``img``: one GEMM over every
+        image at once (per-image products were several times slower here), then NCHW."""
+        n, o, ho, wo = out.shape
+        prod = self._buf(tag + "_prod", (o, n, ho, wo))
+        np.matmul(w2, self._im2col(tag, img, k, pad), out=prod.reshape(o, n * ho * wo))
+        np.copyto(out, prod.transpose(1, 0, 2, 3))
+
+    def conv2d(self, x, w, b, out, pad, relu):
+        o, k = w.shape[0], w.shape[2]
+        self._correlate("conv_fwd", x, w.reshape(o, -1), k, pad, out)
+        np.add(out, b[None, :, None, None], out=out)
+        if relu:
+            np.maximum(out, 0.0, out=out)
+
+    def conv2d_input_grad(self, dy, w, dx, pad):
+        # A convolution of dy (padded by K - 1 - pad) with the kernel flipped in both spatial
+        # axes and its channel axes swapped (the derivation is in rawgpu/reference.py).
+        o, c, k, _ = w.shape
+        flipped = self._buf("conv_flipped", (c, o, k, k))
+        np.copyto(flipped, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        self._correlate("conv_dx", dy, flipped.reshape(c, -1), k, k - 1 - pad, dx)
+
+    def conv2d_weight_grad(self, x, dy, dw, db, pad):
+        # dw[o, (c, i, j)] = sum over every output pixel (n, y, x) of dy[n, o, y, x] times the
+        # input under that pixel's window: one GEMM of dy as O x (N Ho Wo) with im2col of x.
+        n, o, ho, wo = dy.shape
+        cols = self._im2col("conv_dw", x, dw.shape[2], pad)
+        dy_t = self._buf("conv_dy_t", (o, n, ho, wo))
+        np.copyto(dy_t, dy.transpose(1, 0, 2, 3))
+        dy_t = dy_t.reshape(o, n * ho * wo)
+        np.matmul(dy_t, cols.T, out=dw.reshape(o, -1))
+        np.add.reduce(dy_t, axis=1, out=db)
+
+    def maxpool2x2(self, x, out, argmax):
+        n, c, h, w = x.shape
+        ho, wo = out.shape[2], out.shape[3]
+        # The 2x2 windows as a view (every second window of the sliding ones), then flattened to
+        # 4 values in row-major order, so argmax's ties go to the first, as PyTorch's do (and
+        # NumPy's argmax takes the first NaN as the largest: a NaN is passed on).
+        win = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(2, 3))[:, :, ::2, ::2]
+        flat = self._buf("pool_win", (n, c, ho, wo, 4))
+        np.copyto(flat.reshape(n, c, ho, wo, 2, 2), win)
+        pick = self._buf("pool_pick", (n, c, ho, wo), np.intp)
+        np.argmax(flat, axis=4, out=pick)
+        out[...] = np.take_along_axis(flat, pick[..., None], axis=4)[..., 0]
+        # The picked input's index in its plane: the window's corner plus the offset of pick.
+        corner = 2 * np.arange(ho)[:, None] * w + 2 * np.arange(wo)[None, :]
+        offset = np.array([0, 1, w, w + 1])
+        np.add(corner, offset[pick], out=argmax, casting="unsafe")
+
+    def maxpool2x2_backward(self, dy, argmax, dx):
+        n, c, h, w = dx.shape
+        dx.fill(0.0)
+        # Windows do not overlap: each dy lands on exactly one input, so a plain put is exact.
+        np.put_along_axis(dx.reshape(n * c, h * w), argmax.reshape(n * c, -1), dy.reshape(n * c, -1), axis=1)

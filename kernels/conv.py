@@ -1,0 +1,430 @@
+"""2-D convolution (stride 1, zero padding, NCHW) as implicit GEMMs: forward, input and weight
+gradients, with nothing the size of im2col ever written to memory.
+
+The GEMM view. A convolution of images ``x`` (N, C, H, W) with weights ``w`` (O, C, K, K) is a
+matrix product in disguise: list every output pixel ``m = (n, y, x)`` as a row and every
+``k = (c, i, j)`` (an input channel and a kernel offset) as a column, and the *im2col* matrix
+``A[m, k] = xpad[n, c, y + i, x + j]`` times ``B[k, o] = w[o, c, i, j]`` is the output,
+``out[n, o, y, x] = sum_k A[m, k] B[k, o]``: an (N Ho Wo) x (C K K) by (C K K) x O product. A
+library that materialises ``A`` (im2col) writes K*K copies of the image to memory and reads them
+back. Here ``A`` is never stored: the kernel is the ladder's block-tiled matmul
+(kernels/matmul/blocktile2d.py, read its essay first) whose *tile load* works out, for each of
+the ``bk x bm`` values it stages in shared memory, which image element ``A[m, k]`` is, and reads
+it straight from ``x`` (0 where the window hangs over the padding). Everything after the load --
+the inner product over the shared tiles, the accumulators in registers -- is the matmul's.
+
+The three kernels of a training step, and which GEMM each is:
+
+====================  =======================  ===============================  ================
+kernel                rows (M)                 columns (N)                      sum over (K)
+====================  =======================  ===============================  ================
+forward               output pixels (n, y, x)  output channels o                (c, i, j)
+input gradient        input pixels (n, h, w)   input channels c                 (o, i, j)
+weight gradient       output channels o        (c, i, j)                        pixels (n, y, x)
+====================  =======================  ===============================  ================
+
+* **forward** (``conv_kernel(flip=False, bias=True, relu)``): ``out = conv(x, w) + b``, the bias
+  (and, as a compile-time choice, a ReLU) applied to the accumulators before the one store.
+* **input gradient** (``conv_kernel(flip=True, bias=False, relu=False)``): the same kernel.
+  ``x[n, c, h, w]`` met ``w[o, c, i, j]`` in output pixel ``(h + pad - i, w + pad - j)``, so
+  ``dx[n, c, h, w] = sum_{o,i,j} dy[n, o, h + pad - i, w + pad - j] w[o, c, i, j]``. Renaming
+  ``i -> K - 1 - i`` turns that into a *convolution of dy, padded by K - 1 - pad, with the kernel
+  flipped in both spatial axes and its channel axes swapped*: ``B[(o, i, j), c] = w[o, c, K-1-i,
+  K-1-j]``. ``flip`` only changes how the B tile is read; nothing is copied or flipped in memory.
+* **weight gradient** (``weight_grad_kernel``): ``dw[o, c, i, j] = sum_{n,y,x} dy[n, o, y, x]
+  xpad[n, c, y + i, x + j]``, a *correlation of the input with the output gradient*: ``dy`` read
+  as an O x (N Ho Wo) matrix, times im2col of ``x`` as (N Ho Wo) x (C K K). The bias gradient
+  ``db[o] = sum dy[:, o]`` is summed from the ``dy`` tiles already in shared memory by the
+  blocks of the first column tile (each ``db[o]`` by one thread, in a fixed order: no atomics),
+  as kernels/fused.py does for the linear layers.
+
+Who computes what. A block computes a ``bm x bn`` tile of the GEMM's output with
+``(bm / tm) x (bn / tn)`` threads; thread ``(tx, ty)`` owns the ``tm x tn`` outputs at rows
+``row0 + tx + r * (bm / tm)`` and columns ``col0 + ty + s * (bn / tn)`` -- strided, not
+contiguous, so that the 32 threads of a warp (consecutive ``tx``) store 32 consecutive rows. In
+the two pixel-row kernels rows are pixels, which NCHW keeps contiguous, so the stores coalesce;
+so do the tile loads, where consecutive threads walk consecutive pixels. Shared tiles are kept
+k-major (``As[k, row]``), so those loads and the inner product's reads hit distinct banks.
+Edges: rows, columns and K past the end load zeros and store nothing, so any N, C, O, H, W, K
+works with any tile. Row tiles sit on ``blockIdx.x`` (2**31 - 1 of them allowed).
+
+Compile-time constants (tiles, the flags) come from the cached factories below and ``config``;
+``SIM_PARAMS`` are tiny tiles that divide nothing, for the simulator. The kernel size and the
+padding are runtime values (read from ``w.shape`` and an argument).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from numba import cuda, float32
+
+from ._launch import Launch
+from .matmul._common import divides, jit, make_config
+
+#: GPU tiles: 128 pixels x 32 channels, bk 8, 4 x 4 per thread = 32 x 8 = 256 threads, 5 KiB shared.
+DEFAULTS = {"bm": 128, "bn": 32, "bk": 8, "tm": 4, "tn": 4}
+#: The simulator's: 2 x 2 = 4 threads, tiles that divide none of the tests' sizes.
+SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 5, "tm": 3, "tn": 2}
+#: ``launch_bounds``: 3 blocks of 256 threads per SM, a budget of 85 registers per thread. The
+#: matmul's 64 are not enough here: the im2col index arithmetic (pixel and kernel offsets, 64-bit
+#: divisions) spilled 48-184 bytes per thread on sm_90 at 64; at 3 blocks nothing spills.
+BLOCKS_PER_SM = 3
+
+
+def _geometry(p):
+    divides("tm", p["tm"], "bm", p["bm"])
+    divides("tn", p["tn"], "bn", p["bn"])
+    return (p["bm"] // p["tm"], p["bn"] // p["tn"]), (p["bm"], p["bn"]), 4 * p["bk"] * (p["bm"] + p["bn"])
+
+
+def config(**params):
+    """The conv kernels' tiles: ``DEFAULTS`` overridden by ``params`` (bm, bn, bk, tm, tn), checked.
+    The block is ``(bm / tm, bn / tn)`` threads: x along the GEMM's rows, y along its columns."""
+    return make_config("conv", DEFAULTS, params, _geometry)
+
+
+def sim_config():
+    """Tiny tiles for Numba's CUDA simulator (one OS thread per CUDA thread)."""
+    return config(**SIM_PARAMS)
+
+
+def _inner_product(As, Bs, acc, a_reg, b_reg, tx, ty, threads_x, threads_y, bk, tm, tn):
+    """``acc[r, s] += sum_kk As[kk, row r] * Bs[kk, column s]`` over one pair of shared tiles,
+    for this thread's strided rows and columns: operands to registers first, then the tm x tn
+    outer products. (The matmul ladder's inner loop; a device function of its own so the conv
+    kernels share it, and so that a shared version can replace it.)"""
+    for kk in range(bk):
+        for r in range(tm):
+            a_reg[r] = As[kk, tx + r * threads_x]
+        for s in range(tn):
+            b_reg[s] = Bs[kk, ty + s * threads_y]
+        for r in range(tm):
+            for s in range(tn):
+                acc[r, s] += a_reg[r] * b_reg[s]
+
+
+# inline="always": Numba splices the body into each kernel before typing, so the kernel compiles
+# as one function (and without asking a GPU driver which architecture a device function is for).
+_inner = cuda.jit(device=True, inline="always")(_inner_product)
+
+
+@cuda.jit(device=True, inline="always")
+def _pixel(m, plane, width):
+    """GEMM row ``m`` as the output pixel ``(n, y, x)`` (``plane = height * width``)."""
+    n = m // plane
+    yx = m - n * plane
+    y = yx // width
+    return n, y, yx - y * width
+
+
+@cuda.jit(device=True, inline="always")
+def _tap(k, kh, kw):
+    """GEMM index ``k`` as ``(c, i, j)``: an input channel and a kernel offset."""
+    c = k // (kh * kw)
+    ij = k - c * (kh * kw)
+    i = ij // kw
+    return c, i, ij - i * kw
+
+
+@cuda.jit(device=True, inline="always")
+def _im2col_at(img, m, k, plane, width, kh, kw, pad):
+    """``im2col[m, k]``: image ``img`` (zero-padded by ``pad``) under kernel offset ``(i, j)`` of
+    channel ``c`` for output pixel ``(n, y, x)``; 0 where the window hangs over the padding."""
+    n, y, x = _pixel(m, plane, width)
+    c, i, j = _tap(k, kh, kw)
+    hh = y + i - pad
+    ww = x + j - pad
+    if 0 <= hh < img.shape[2] and 0 <= ww < img.shape[3]:
+        return img[n, c, hh, ww]
+    return float32(0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, tm: int, tn: int):
+    """``kernel(img, w, b, out, pad)``: ``out = correlate(img padded by pad, B) (+ b) (ReLU)``.
+
+    ``img`` (N, Cin, H, W), ``out`` (N, Cout, Ho, Wo) with ``Ho = H + 2 pad - K + 1``; ``B`` is
+    ``w[col, cin, i, j]`` (``flip=False``: ``w`` is (Cout, Cin, K, K), the forward pass) or
+    ``w[cin, col, K-1-i, K-1-j]`` (``flip=True``: ``w`` is (Cin, Cout, K, K), the input gradient,
+    called with ``img = dy``). ``b`` (Cout,) is read only when ``bias``; ReLU when ``relu``.
+    """
+    threads_x, threads_y = bm // tm, bn // tn
+    threads = threads_x * threads_y
+    loads_a = -(-(bk * bm) // threads)  # values of each shared tile one thread copies
+    loads_b = -(-(bk * bn) // threads)
+    even_a = (bk * bm) % threads == 0
+    even_b = (bk * bn) % threads == 0
+
+    @jit(threads, tm * tn, BLOCKS_PER_SM)
+    def conv(img, w, b, out, pad):
+        As = cuda.shared.array((bk, bm), float32)  # im2col rows, k-major
+        Bs = cuda.shared.array((bk, bn), float32)
+        acc = cuda.local.array((tm, tn), float32)
+        a_reg = cuda.local.array(tm, float32)
+        b_reg = cuda.local.array(tn, float32)
+        n_img, c_in = img.shape[0], img.shape[1]
+        c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+        kh, kw = w.shape[2], w.shape[3]
+        plane = h_out * w_out
+        m_len = n_img * plane  # GEMM rows: output pixels
+        k_len = c_in * kh * kw  # GEMM depth: (input channel, kernel row, kernel column)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * threads_x + tx
+        row0 = cuda.blockIdx.x * bm
+        col0 = cuda.blockIdx.y * bn
+
+        for r in range(tm):
+            for s in range(tn):
+                acc[r, s] = 0.0
+        for k0 in range(0, k_len, bk):
+            # A tile: im2col, computed on the fly. Consecutive threads take consecutive pixels.
+            for load in range(loads_a):
+                idx = tid + load * threads
+                if even_a or idx < bk * bm:
+                    kk = idx // bm
+                    mm = idx - kk * bm
+                    m = row0 + mm
+                    k = k0 + kk
+                    v = float32(0.0)
+                    if m < m_len and k < k_len:
+                        v = _im2col_at(img, m, k, plane, w_out, kh, kw, pad)
+                    As[kk, mm] = v
+            # B tile: the weights, read in place (flipped and transposed by index when flip).
+            for load in range(loads_b):
+                idx = tid + load * threads
+                if even_b or idx < bk * bn:
+                    jj = idx // bk
+                    kk = idx - jj * bk
+                    col = col0 + jj
+                    k = k0 + kk
+                    v = float32(0.0)
+                    if col < c_out and k < k_len:
+                        c, i, j = _tap(k, kh, kw)
+                        if flip:
+                            v = w[c, col, kh - 1 - i, kw - 1 - j]
+                        else:
+                            v = w[col, c, i, j]
+                    Bs[kk, jj] = v
+            cuda.syncthreads()
+            _inner(As, Bs, acc, a_reg, b_reg, tx, ty, threads_x, threads_y, bk, tm, tn)
+            cuda.syncthreads()
+
+        # The epilogue, in registers, then the one store: out[n, col, y, x] for row m = (n, y, x).
+        for s in range(tn):
+            col = col0 + ty + s * threads_y
+            b_reg[s] = b[col] if bias and col < c_out else float32(0.0)
+        for r in range(tm):
+            m = row0 + tx + r * threads_x
+            if m < m_len:
+                n, y, x = _pixel(m, plane, w_out)
+                for s in range(tn):
+                    col = col0 + ty + s * threads_y
+                    if col < c_out:
+                        v = acc[r, s] + b_reg[s]
+                        if relu and v < float32(0.0):  # not max(): a NaN is passed on to the loss
+                            v = float32(0.0)
+                        out[n, col, y, x] = v
+
+    return conv
+
+
+@functools.lru_cache(maxsize=None)
+def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
+    """``kernel(img, dy, dw, db, pad)``: ``dw[o, c, i, j] = sum_{n,y,x} dy[n, o, y, x]
+    imgpad[n, c, y + i, x + j]`` and ``db[o] = sum dy[:, o]``. GEMM rows are output channels
+    ``o`` (``threadIdx.x``), columns ``(c, i, j)``, depth the output pixels ``(n, y, x)``."""
+    threads_x, threads_y = bm // tm, bn // tn
+    threads = threads_x * threads_y
+    loads_a = -(-(bk * bm) // threads)
+    loads_b = -(-(bk * bn) // threads)
+    even_a = (bk * bm) % threads == 0
+    even_b = (bk * bn) % threads == 0
+    sum_rows = -(-bm // threads)  # tile rows (channels o) whose bias gradient one thread sums
+
+    @jit(threads, tm * tn, BLOCKS_PER_SM)
+    def conv_weight_grad(img, dy, dw, db, pad):
+        As = cuda.shared.array((bk, bm), float32)  # dy as (pixels, o), k-major
+        Bs = cuda.shared.array((bk, bn), float32)  # im2col of img, k-major
+        acc = cuda.local.array((tm, tn), float32)
+        a_reg = cuda.local.array(tm, float32)
+        b_reg = cuda.local.array(tn, float32)
+        rowsum = cuda.local.array(sum_rows, float32)
+        n_img, c_in = img.shape[0], img.shape[1]
+        c_out, h_out, w_out = dy.shape[1], dy.shape[2], dy.shape[3]
+        kh, kw = dw.shape[2], dw.shape[3]
+        plane = h_out * w_out
+        k_len = n_img * plane  # GEMM depth: output pixels
+        n_len = c_in * kh * kw  # GEMM columns: (c, i, j)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * threads_x + tx
+        row0 = cuda.blockIdx.x * bm
+        col0 = cuda.blockIdx.y * bn
+        sums_bias = cuda.blockIdx.y == 0  # the first column tile also sums db
+
+        for r in range(tm):
+            for s in range(tn):
+                acc[r, s] = 0.0
+        for q in range(sum_rows):
+            rowsum[q] = 0.0
+        for k0 in range(0, k_len, bk):
+            # Both tiles walk the pixels k with consecutive threads: contiguous in NCHW.
+            for load in range(loads_a):
+                idx = tid + load * threads
+                if even_a or idx < bk * bm:
+                    mm = idx // bk
+                    kk = idx - mm * bk
+                    o = row0 + mm
+                    k = k0 + kk
+                    v = float32(0.0)
+                    if o < c_out and k < k_len:
+                        n, y, x = _pixel(k, plane, w_out)
+                        v = dy[n, o, y, x]
+                    As[kk, mm] = v
+            for load in range(loads_b):
+                idx = tid + load * threads
+                if even_b or idx < bk * bn:
+                    jj = idx // bk
+                    kk = idx - jj * bk
+                    col = col0 + jj
+                    k = k0 + kk
+                    v = float32(0.0)
+                    if col < n_len and k < k_len:
+                        v = _im2col_at(img, k, col, plane, w_out, kh, kw, pad)
+                    Bs[kk, jj] = v
+            cuda.syncthreads()
+            if sums_bias:  # the bias gradient, from the dy tile already here
+                for q in range(sum_rows):
+                    mm = tid + q * threads
+                    if mm < bm:
+                        for kk in range(bk):
+                            rowsum[q] += As[kk, mm]
+            _inner(As, Bs, acc, a_reg, b_reg, tx, ty, threads_x, threads_y, bk, tm, tn)
+            cuda.syncthreads()
+
+        for r in range(tm):
+            o = row0 + tx + r * threads_x
+            if o < c_out:
+                for s in range(tn):
+                    col = col0 + ty + s * threads_y
+                    if col < n_len:
+                        c, i, j = _tap(col, kh, kw)
+                        dw[o, c, i, j] = acc[r, s]
+        if sums_bias:
+            for q in range(sum_rows):
+                mm = tid + q * threads
+                if mm < bm and row0 + mm < c_out:
+                    db[row0 + mm] = rowsum[q]
+
+    return conv_weight_grad
+
+
+# --- launches ---------------------------------------------------------------------------------
+
+
+def _check_cfg(cfg):
+    if cfg.variant != "conv":
+        raise ValueError(f"cfg: a {cfg.variant!r} config cannot launch a conv kernel; build it with conv.config()")
+
+
+def conv_launch(flip, bias, relu, cfg, rows, cols, stream=0):
+    """The launch of :func:`conv_kernel` for a GEMM of ``rows`` pixels x ``cols`` channels;
+    None when that is empty (CUDA refuses an empty grid)."""
+    _check_cfg(cfg)
+    if rows == 0 or cols == 0:
+        return None
+    bm, bn = cfg.tile_shape
+    return Launch(conv_kernel(flip, bias, relu, **cfg.params), (-(-rows // bm), -(-cols // bn)), cfg.block, stream)
+
+
+def weight_grad_launch(cfg, c_out, cols, stream=0):
+    """The launch of :func:`weight_grad_kernel` for ``c_out`` x ``cols`` = (C K K) gradients."""
+    _check_cfg(cfg)
+    if c_out == 0 or cols == 0:
+        return None
+    bm, bn = cfg.tile_shape
+    return Launch(weight_grad_kernel(**cfg.params), (-(-c_out // bm), -(-cols // bn)), cfg.block, stream)
+
+
+def _out_size(h, k, pad):
+    return h + 2 * pad - k + 1
+
+
+def _check_conv(x, w, pad, what):
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"w: must have {x.shape[1]} input channels like {what}, got shape {tuple(w.shape)}")
+    if w.shape[2] != w.shape[3]:
+        raise ValueError(f"w: the kernel must be square, got {w.shape[2]}x{w.shape[3]}")
+    if not 0 <= pad <= w.shape[2] - 1:
+        raise ValueError(f"pad: must be in 0..{w.shape[2] - 1} for a {w.shape[2]}x{w.shape[2]} kernel, got {pad}")
+    ho, wo = _out_size(x.shape[2], w.shape[2], pad), _out_size(x.shape[3], w.shape[2], pad)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{what}: its {x.shape[2]}x{x.shape[3]} image is smaller than the kernel with pad {pad}")
+    return x.shape[0], w.shape[0], ho, wo
+
+
+def _check_shape(name, arr, shape):
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name}: must have shape {tuple(shape)}, got {tuple(arr.shape)}")
+
+
+def conv2d(x, w, b, out, *, pad, relu=False, cfg, stream=0) -> None:
+    """``out = conv(x, w) + b`` (then ReLU when ``relu``): x (N, C, H, W), w (O, C, K, K), b (O,),
+    out (N, O, Ho, Wo), ``Ho = H + 2 pad - K + 1``, ``0 <= pad < K``."""
+    n, o, ho, wo = _check_conv(x, w, pad, "x")
+    _check_shape("b", b, (o,))
+    _check_shape("out", out, (n, o, ho, wo))
+    launch = conv_launch(False, True, bool(relu), cfg, n * ho * wo, o, stream)
+    if launch is not None:
+        launch(x, w, b, out, pad)
+
+
+def conv2d_input_grad(dy, w, dx, *, pad, cfg, stream=0) -> None:
+    """``dx = dL/dx`` from ``dy = dL/dout`` of :func:`conv2d`: dy (N, O, Ho, Wo), w (O, C, K, K),
+    dx (N, C, H, W). The forward pass's ``pad``; the kernel pads ``dy`` by ``K - 1 - pad``."""
+    k = w.shape[2]
+    if dy.shape[1] != w.shape[0]:
+        raise ValueError(f"w: must have {dy.shape[1]} output channels like dy, got shape {tuple(w.shape)}")
+    if not 0 <= pad <= k - 1:
+        raise ValueError(f"pad: must be in 0..{k - 1} for a {k}x{k} kernel, got {pad}")
+    n, c, h, wd = dx.shape
+    _check_shape("dy", dy, (n, w.shape[0], _out_size(h, k, pad), _out_size(wd, k, pad)))
+    _check_shape("w", w, (dy.shape[1], c, k, k))
+    launch = conv_launch(True, False, False, cfg, n * h * wd, c, stream)
+    if launch is not None:
+        # b is not read (bias=False); dx stands in so the argument types match the forward's.
+        launch(dy, w, dx.reshape(dx.size), dx, k - 1 - pad)
+
+
+def conv2d_weight_grad(x, dy, dw, db, *, pad, cfg, stream=0) -> None:
+    """``dw = dL/dw`` (O, C, K, K) and ``db = dL/db`` (O,) of :func:`conv2d` from its input x and
+    ``dy = dL/dout``, in one launch."""
+    n, o, ho, wo = _check_conv(x, dw, pad, "x")
+    _check_shape("dy", dy, (n, o, ho, wo))
+    _check_shape("db", db, (o,))
+    launch = weight_grad_launch(cfg, o, x.shape[1] * dw.shape[2] * dw.shape[3], stream)
+    if launch is not None:
+        launch(x, dy, dw, db, pad)
+
+
+# --- what rawgpu kernels compiles ------------------------------------------------------------
+
+_T4 = "float32[:, :, :, ::1]"
+
+
+def compile_targets() -> list:
+    """The conv kernels at the GPU default tiles, as the ``cuda`` engine launches them: the
+    forward pass with and without the ReLU epilogue, the input gradient, the weight gradient."""
+    from ._compile import CompileTarget
+
+    cfg = config()
+    sig = f"void({_T4}, {_T4}, float32[::1], {_T4}, int64)"
+    return [
+        CompileTarget("conv2d", f"{cfg.text()} + bias", conv_kernel(False, True, False, **cfg.params), sig, cfg.threads),
+        CompileTarget("conv2d", f"{cfg.text()} + bias + relu", conv_kernel(False, True, True, **cfg.params), sig, cfg.threads),
+        CompileTarget("conv2d_input_grad", f"{cfg.text()} flipped", conv_kernel(True, False, False, **cfg.params), sig, cfg.threads),
+        CompileTarget("conv2d_weight_grad", f"{cfg.text()} + bias grad", weight_grad_kernel(**cfg.params),
+                      f"void({_T4}, {_T4}, {_T4}, float32[::1], int64)", cfg.threads),
+    ]

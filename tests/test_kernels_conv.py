@@ -1,0 +1,119 @@
+"""The conv and max-pool kernels (kernels/conv.py, kernels/pool.py), launched directly.
+
+Each is checked against rawgpu/reference.py in float64 on fresh random inputs, every output
+poisoned (NaN) first, at odd tiny shapes (odd channels and image sizes, padding 0..K-1, batch
+1-3) that the simulator's tiny tiles do not divide.
+"""
+
+import numpy as np
+import pytest
+from helpers import assert_close, poisoned
+
+from rawgpu import reference
+from rawgpu.kernels import conv
+
+# (N, C, H, W, O, K, pad)
+CASES = [(1, 1, 1, 1, 1, 1, 0), (2, 3, 5, 4, 5, 3, 1), (3, 2, 4, 5, 3, 3, 0), (1, 3, 6, 5, 2, 5, 2)]
+IDS = ["N{}C{}H{}W{}O{}K{}p{}".format(*c) for c in CASES]
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def conv_case(rng, n, c, h, w, o, k, pad):
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    return rand(rng, n, c, h, w), rand(rng, o, c, k, k), rand(rng, o), rand(rng, n, o, ho, wo)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("relu", [False, True], ids=["bias", "bias+relu"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv2d_forward(lane, rng, case, relu):
+    x, w, b, dy = conv_case(rng, *case)
+    out = lane.to_device(poisoned(dy.shape))
+    conv.conv2d(*(lane.to_device(a) for a in (x, w, b)), out, pad=case[-1], relu=relu, cfg=conv.sim_config())
+    ref = reference.conv2d(x, w, b, pad=case[-1])
+    assert_close(lane.to_host(out), np.maximum(ref, 0) if relu else ref, what="conv2d")
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv2d_input_grad(lane, rng, case):
+    x, w, _, dy = conv_case(rng, *case)
+    dx = lane.to_device(poisoned(x.shape))
+    conv.conv2d_input_grad(lane.to_device(dy), lane.to_device(w), dx, pad=case[-1], cfg=conv.sim_config())
+    assert_close(lane.to_host(dx), reference.conv2d_input_grad(dy, w, pad=case[-1]), what="conv2d input grad")
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv2d_weight_grad(lane, rng, case):
+    x, w, b, dy = conv_case(rng, *case)
+    dw, db = lane.to_device(poisoned(w.shape)), lane.to_device(poisoned(b.shape))
+    conv.conv2d_weight_grad(lane.to_device(x), lane.to_device(dy), dw, db, pad=case[-1], cfg=conv.sim_config())
+    ref_dw, ref_db = reference.conv2d_weight_grad(x, dy, w.shape[2], pad=case[-1])
+    assert_close(lane.to_host(dw), ref_dw, what="conv2d weight grad")
+    assert_close(lane.to_host(db), ref_db, what="conv2d bias grad")
+
+
+@pytest.mark.sim
+def test_conv2d_weight_grad_sums_bias_over_several_row_tiles(lane, rng):
+    """More output channels than one row tile and one thread's share of it: several blocks sum db."""
+    x, w, b, dy = conv_case(rng, 2, 1, 3, 3, 13, 3, 1)
+    dw, db = lane.to_device(poisoned(w.shape)), lane.to_device(poisoned(b.shape))
+    conv.conv2d_weight_grad(lane.to_device(x), lane.to_device(dy), dw, db, pad=1, cfg=conv.sim_config())
+    ref_dw, ref_db = reference.conv2d_weight_grad(x, dy, 3, pad=1)
+    assert_close(lane.to_host(dw), ref_dw, what="conv2d weight grad")
+    assert_close(lane.to_host(db), ref_db, what="conv2d bias grad")
+
+
+def test_conv_launchers_refuse_bad_shapes():
+    cfg = conv.sim_config()
+    x, w, b = np.zeros((1, 3, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="pad: must be in 0..2"):
+        conv.conv2d(x, w, b, np.zeros((1, 4, 9, 9), np.float32), pad=3, cfg=cfg)
+    with pytest.raises(ValueError, match="out: must have shape"):
+        conv.conv2d(x, w, b, np.zeros((1, 4, 4, 4), np.float32), pad=1, cfg=cfg)
+    with pytest.raises(ValueError, match="input channels"):
+        conv.conv2d(x, np.zeros((4, 2, 3, 3), np.float32), b, np.zeros((1, 4, 5, 5), np.float32), pad=1, cfg=cfg)
+    with pytest.raises(ValueError, match="conv.config"):
+        conv.conv_launch(False, True, False, conv.__dict__["make_config"]("x", {"bm": 1}, {}, lambda p: ((1, 1), (1, 1), 0)), 1, 1)
+
+
+# --- max-pool ---------------------------------------------------------------------------------
+
+from rawgpu.kernels import pool  # noqa: E402
+
+POOL_SHAPES = [(1, 1, 2, 2), (2, 3, 5, 4), (3, 1, 7, 7)]
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_maxpool_forward_and_backward(lane, rng, shape):
+    x = rand(rng, *shape)
+    n, c, h, w = shape
+    out, arg = lane.to_device(poisoned((n, c, h // 2, w // 2))), lane.to_device(poisoned((n, c, h // 2, w // 2), np.int32))
+    # max_blocks=1 at 8 threads: the grid-stride loop makes several passes
+    pool.maxpool2x2(lane.to_device(x), out, arg, threads=8, max_blocks=1)
+    ref_out, ref_arg = reference.maxpool2x2(x)
+    np.testing.assert_array_equal(lane.to_host(out), ref_out.astype(np.float32))
+    np.testing.assert_array_equal(lane.to_host(arg), ref_arg)
+    dy = rand(rng, *ref_out.shape)
+    dx = lane.to_device(poisoned(shape))
+    pool.maxpool2x2_backward(lane.to_device(dy), arg, dx, threads=8, max_blocks=1)
+    np.testing.assert_array_equal(lane.to_host(dx), reference.maxpool2x2_backward(dy, ref_arg, shape).astype(np.float32))
+
+
+@pytest.mark.sim
+def test_maxpool_ties_and_nan_like_the_reference(lane):
+    x = np.array([[[[1.0, 1.0, 0.0, np.nan], [1.0, 0.0, 5.0, 0.0]]]], np.float32)
+    out, arg = lane.to_device(poisoned((1, 1, 1, 2))), lane.to_device(poisoned((1, 1, 1, 2), np.int32))
+    pool.maxpool2x2(lane.to_device(x), out, arg, threads=4)
+    assert lane.to_host(arg).tolist() == [[[[0, 3]]]]
+    assert np.isnan(lane.to_host(out)[0, 0, 0, 1])
+
+
+def test_maxpool_refuses_wrong_output_shape():
+    with pytest.raises(ValueError, match=r"out: must have shape \(1, 1, 2, 2\)"):
+        pool.maxpool2x2(np.zeros((1, 1, 5, 4), np.float32), np.zeros((1, 1, 3, 2), np.float32), np.zeros((1, 1, 2, 2), np.int32))
