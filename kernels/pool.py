@@ -33,7 +33,7 @@ def _unflatten(idx, chans, height, width):
     return rest // chans, rest % chans, y, x
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def maxpool2x2_kernel(x, out, argmax):
     n_img, chans, ho, wo = out.shape
     w_in = x.shape[3]
@@ -54,7 +54,7 @@ def maxpool2x2_kernel(x, out, argmax):
         argmax[n, c, oy, ox] = pick
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def maxpool2x2_backward_kernel(dy, argmax, dx):
     n_img, chans, h_in, w_in = dx.shape
     ho, wo = dy.shape[2], dy.shape[3]

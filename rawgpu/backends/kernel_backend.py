@@ -384,29 +384,25 @@ class KernelBackend:
 
     def conv2d(self, x, w, b, out, pad, relu):
         n, o, ho, wo = out.shape
-        v = self._view
-        self._launch((v(x), v(w), v(b), v(out), pad), conv.conv_launch, False, True, relu,
-                     CNN_LAUNCH[self.name]["conv"], n * ho * wo, o, self._stream())
+        self._launch((x, w, b, out), conv.conv_launch, False, True, relu,
+                     CNN_LAUNCH[self.name]["conv"], n * ho * wo, o, self._stream(), scalars=(pad,))
 
     def conv2d_input_grad(self, dy, w, dx, pad):
         n, c, h, wd = dx.shape
-        v = self._view
-        # The flipped kernel's padding is K - 1 - pad; its bias argument is not read (dx stands in).
-        self._launch((v(dy), v(w), v(dx.reshape(dx.size)), v(dx), w.shape[2] - 1 - pad), conv.conv_launch, True, False, False,
-                     CNN_LAUNCH[self.name]["conv"], n * h * wd, c, self._stream())
+        # The flipped kernel's padding is K - 1 - pad; its bias argument is not read (a flat view of
+        # dx stands in, so no buffer is made for it).
+        self._launch((dy, w, dx.reshape(dx.size), dx), conv.conv_launch, True, False, False,
+                     CNN_LAUNCH[self.name]["conv"], n * h * wd, c, self._stream(), scalars=(w.shape[2] - 1 - pad,))
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
         o, c, k, _ = dw.shape
-        v = self._view
-        self._launch((v(x), v(dy), v(dw), v(db), pad), conv.weight_grad_launch,
-                     CNN_LAUNCH[self.name]["conv"], o, c * k * k, self._stream())
+        self._launch((x, dy, dw, db), conv.weight_grad_launch,
+                     CNN_LAUNCH[self.name]["conv"], o, c * k * k, self._stream(), scalars=(pad,))
 
     def maxpool2x2(self, x, out, argmax):
-        v = self._view
-        self._launch((v(x), v(out), v(argmax)), pool.maxpool_launch, pool.maxpool2x2_kernel, out.size,
+        self._launch((x, out, argmax), pool.maxpool_launch, pool.maxpool2x2_kernel, out.size,
                      CNN_LAUNCH[self.name]["pool_threads"], None, self._stream())
 
     def maxpool2x2_backward(self, dy, argmax, dx):
-        v = self._view
-        self._launch((v(dy), v(argmax), v(dx)), pool.maxpool_launch, pool.maxpool2x2_backward_kernel, dx.size,
+        self._launch((dy, argmax, dx), pool.maxpool_launch, pool.maxpool2x2_backward_kernel, dx.size,
                      CNN_LAUNCH[self.name]["pool_threads"], None, self._stream())
