@@ -753,7 +753,9 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path):
     for delay in (0.25, 0.35, 0.5, 0.7, 1.0):
         # preexec_fn: Ctrl-C as a terminal delivers it, whatever this test process inherited (a
         # SIGINT ignored here would be ignored by the child too, and it would simply finish).
-        proc = subprocess.Popen([sys.executable, "-m", "rawgpu", *["train", *SAMPLE, "--epochs", "50"]], env=env,
+        # 1000 epochs: far longer than the latest delay (50 epochs of the sample now end in ~0.5 s,
+        # and a signal sent after the run has ended tests nothing).
+        proc = subprocess.Popen([sys.executable, "-m", "rawgpu", *["train", *SAMPLE, "--epochs", "1000"]], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
