@@ -478,19 +478,28 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"kill-time seed: {seed}")
     rng = np.random.default_rng(seed)
+    # A whole run, timed: until its first checkpoint lands (start-up and one epoch), and to the end.
     start = time.perf_counter()
-    subprocess.run(base, env=env, capture_output=True, check=True)  # a whole run, to time it
-    whole = time.perf_counter() - start
+    proc = subprocess.Popen(base, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (ck / ckpt.FILENAME).exists() and proc.poll() is None:
+        time.sleep(0.005)
+    first = time.perf_counter() - start
+    assert proc.wait() == 0
+    per_epoch = max(time.perf_counter() - start - first, 0.0) / (epochs - 1)
     for f in ck.iterdir():
         f.unlink()
     metrics.unlink()
     kills = resumed_kills = 0
-    for _ in range(40):
+    for runs in range(80):
         if kills >= 12 and resumed_kills >= 6:
             break
         resume = (ck / ckpt.FILENAME).exists()
+        done = len(_epochs(metrics)) if resume and metrics.exists() else 0
+        # The kill lands at a random moment of the run's expected life: a resumed run has fewer
+        # epochs left, and a kill timed on a whole run would mostly come after it had finished.
+        life = first + max(epochs - done - 1, 0) * per_epoch
         proc = subprocess.Popen(base + (["--resume"] if resume else []), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.2, whole))
+        time.sleep(rng.uniform(0.2, max(life, 0.3)))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
         if proc.returncode == -signal.SIGKILL:
@@ -499,6 +508,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
         elif "nothing to do" in err.decode() or not resume:  # it finished first: start over
             for f in ck.iterdir():
                 f.unlink()
+    print(f"{kills} kills ({resumed_kills} of resumed runs) in {runs} runs")
     final = subprocess.run(base + (["--resume"] if (ck / ckpt.FILENAME).exists() else []), env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     assert kills >= 12 and resumed_kills >= 6, (kills, resumed_kills)
