@@ -32,13 +32,18 @@ def operands(rng, m, n, k, trans_a, trans_b):
     return a, b, reference.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
 
 
+def workspace(lane, cfg, m, n, fill=poisoned):
+    """split-K's (ws, counters) on the lane's device, ws filled by ``fill(shape)`` (NaN by
+    default), or None for a rung that takes none."""
+    ws = mm.new_workspace(cfg, m, n)
+    return None if ws is None else (lane.to_device(fill(ws[0].shape)), lane.to_device(ws[1]))
+
+
 def run(lane, a, b, m, n, **kwargs):
     """Launch into a NaN-poisoned output (and a NaN-poisoned workspace where the rung takes one)."""
     out = lane.to_device(poisoned((m, n)))
     cfg = kwargs.get("cfg") or mm.config(kwargs.get("variant", "blocktile2d"))
-    ws_shape = mm.workspace_shape(cfg, m, n)
-    workspace = None if ws_shape is None else lane.to_device(poisoned(ws_shape))
-    mm.matmul(lane.to_device(a), lane.to_device(b), out, workspace=workspace, **kwargs)
+    mm.matmul(lane.to_device(a), lane.to_device(b), out, workspace=workspace(lane, cfg, m, n), **kwargs)
     return lane.to_host(out)
 
 
@@ -101,29 +106,38 @@ def test_splitk_is_bitwise_reproducible(lane, rng, trans):
     cfg = SIM_CFGS["splitk"]
     first = run(lane, a, b, m, n, trans_a=trans[0], trans_b=trans[1], variant="splitk", cfg=cfg)
     assert_close(first, ref, tol=1e-5, what=f"splitk trans={trans}")
-    ws = lane.to_device(rng.standard_normal(mm.workspace_shape(cfg, m, n)).astype(np.float32))
+    ws = workspace(lane, cfg, m, n, fill=lambda shape: rng.standard_normal(shape).astype(np.float32))
     out = lane.to_device(poisoned((m, n)))
-    mm.matmul(lane.to_device(a), lane.to_device(b), out, trans_a=trans[0], trans_b=trans[1],
-              variant="splitk", cfg=cfg, workspace=ws)
-    assert lane.to_host(out).tobytes() == first.tobytes()
+    for _ in range(2):  # the second launch finds the counters the first left: zero
+        mm.matmul(lane.to_device(a), lane.to_device(b), out, trans_a=trans[0], trans_b=trans[1],
+                  variant="splitk", cfg=cfg, workspace=ws)
+        assert lane.to_host(out).tobytes() == first.tobytes()
+    np.testing.assert_array_equal(lane.to_host(ws[1]), 0)
 
 
 # --- launcher checks (no kernel runs) --------------------------------------------------------
 
 
-def test_workspace_shape():
-    cfg = mm.config("splitk", splits=5)
-    assert mm.workspace_shape(cfg, 128, 10) == (5, 128, 10)
-    assert mm.workspace_shape(mm.config("transposed"), 128, 10) is None
+def test_workspace_shapes():
+    cfg = mm.config("splitk", splits=5)  # 64 x 64 tiles
+    ws, counters = mm.new_workspace(cfg, 128, 10)
+    assert (ws.shape, ws.dtype) == ((5, 129, 10), np.float32)  # row M: the column sums
+    assert (counters.shape, counters.dtype) == ((2,), np.int32) and not counters.any()
+    assert mm.new_workspace(mm.config("transposed"), 128, 10) is None
 
 
-@pytest.mark.parametrize("workspace", [None, np.zeros((2, 3, 4), np.float32), np.zeros((3, 4, 3), np.float32),
-                                       np.zeros((3, 3, 4), np.float64)], ids=["missing", "splits", "transposed", "float64"])
-def test_splitk_refuses_a_missing_or_wrong_workspace(workspace):
+_COUNTERS = np.zeros((1,), np.int32)  # one 4 x 4 tile
+
+
+@pytest.mark.parametrize("ws", [None, np.zeros((2, 4, 4), np.float32), (np.zeros((2, 4, 4), np.float32), _COUNTERS),
+                                (np.zeros((3, 4, 4), np.float32), _COUNTERS.astype(np.int64)),
+                                (np.zeros((3, 4, 4), np.float64), _COUNTERS)],
+                         ids=["missing", "no counters", "splits", "int64 counters", "float64"])
+def test_splitk_refuses_a_missing_or_wrong_workspace(ws):
     cfg = mm.config("splitk", bm=4, bn=4, bk=2, tm=2, tn=2, pad=1, splits=3)
     a, b = np.zeros((3, 5), np.float32), np.zeros((5, 4), np.float32)
-    with pytest.raises(ValueError, match=r"^workspace: .*\(3, 3, 4\)") as info:
-        mm.matmul(a, b, poisoned((3, 4)), variant="splitk", cfg=cfg, workspace=workspace)
+    with pytest.raises(ValueError, match=r"^workspace: splitk needs \(ws, counters\)") as info:
+        mm.matmul(a, b, poisoned((3, 4)), variant="splitk", cfg=cfg, workspace=ws)
     assert "\n" not in str(info.value)
 
 
@@ -205,6 +219,7 @@ def test_config_overrides_and_block():
     ("smem", {"tile": 33}, "tile"),
     ("blocktile2d", {"bm": 128, "bn": 128, "tm": 2, "tn": 2}, "bm"),
     ("blocktile2d", {"bm": 128, "bn": 128, "bk": 64, "tm": 8, "tn": 8}, "bk"),
+    ("warptile", {"bk": 17}, "bk"),  # past the written-out inner loop's 16 steps
     ("splitk", {"splits": 70000}, "splits"),
 ])
 def test_config_rejects(variant, params, name):
@@ -217,14 +232,16 @@ def test_compile_targets_cover_every_rung_and_transpose_pair():
     rungs = [t for t in targets if t.kernel in mm.VARIANTS]
     assert len(rungs) == 4 * len(mm.VARIANTS)
     assert {t.config.split()[-1] for t in rungs} == {"NN", "NT", "TN", "TT"}
+    m = "float32[:, ::1]"
     for t in rungs:
-        c = "float32[:, :, ::1]" if t.kernel == "splitk" else "float32[:, ::1]"  # split-K writes its workspace
-        assert t.signature == f"void(float32[:, ::1], float32[:, ::1], {c})"
+        if t.kernel in ("naive", "coalesced", "smem"):
+            assert t.signature == f"void({m}, {m}, {m})"
+        else:  # the tiled rungs: a, b, c, the epilogue's operand, split-K's scratch (none unless split)
+            split = "Tuple((float32[:, :, ::1], int32[::1]))" if t.kernel == "splitk" else "Tuple(())"
+            assert t.signature == f"void({m}, {m}, {m}, {m}, {split})"
         assert t.threads_per_block == mm.config(t.kernel).threads
         assert hasattr(t.dispatcher, "py_func")
-    sums = [t for t in targets if t.kernel == "splitk_sum"]  # split-K's second kernel is reported too
-    assert len(sums) == 1 and sums[0].signature == "void(float32[:, :, ::1], float32[:, ::1])"
-    assert not any(t.kernel == "splitk_zero" for t in targets)
+    assert len(targets) == len(rungs)  # split-K is one kernel now: no second summing launch
 
 
 # --- GPU lane --------------------------------------------------------------------------------

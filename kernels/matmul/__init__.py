@@ -80,11 +80,16 @@ def kernel(variant: str, trans_a: bool, trans_b: bool, cfg: MatmulConfig):
     return rung(variant).kernel(bool(trans_a), bool(trans_b), **cfg.params)
 
 
-def workspace_shape(cfg: MatmulConfig, m: int, n: int):
-    """The scratch array an M x N product needs at ``cfg``, as a shape (float32, C-contiguous), or
-    None when the rung needs none. Only ``splitk`` needs one: (splits, M, N) for its partial tiles."""
-    shape_of = getattr(rung(cfg.variant), "workspace_shape", None)
-    return None if shape_of is None else shape_of(cfg, m, n)
+def new_workspace(cfg: MatmulConfig, m: int, n: int, xp=None):
+    """The scratch an M x N product needs at ``cfg``, made with the array module ``xp`` (NumPy by
+    default), or None when the rung needs none. Only ``splitk`` needs one: ``(ws, counters)``, its
+    partial tiles and its per-tile counters (see kernels/matmul/splitk.py)."""
+    make = getattr(rung(cfg.variant), "new_workspace", None)
+    if make is None:
+        return None
+    import numpy as np
+
+    return make(cfg, m, n, np if xp is None else xp)
 
 
 def matmul(a, b, out, *, trans_a=False, trans_b=False, variant="blocktile2d", cfg=None, stream=0, workspace=None) -> None:
@@ -93,9 +98,8 @@ def matmul(a, b, out, *, trans_a=False, trans_b=False, variant="blocktile2d", cf
     ``a`` is (M, K), or (K, M) with ``trans_a``; ``b`` is (K, N), or (N, K) with ``trans_b``;
     ``out`` is (M, N). All float32 and C-contiguous: NumPy arrays in the simulator, device arrays
     on a GPU. ``cfg`` comes from :func:`config` (the variant's defaults when None). ``workspace``
-    is scratch of :func:`workspace_shape` for the rungs that need one (``splitk``; it is
-    overwritten), None for the others. Launches on ``stream`` and returns at once: no
-    allocation, no synchronisation.
+    is the scratch of :func:`new_workspace` for the rungs that need one (``splitk``), None for
+    the others. Launches on ``stream`` and returns at once: no allocation, no synchronisation.
     """
     mod = rung(variant)
     if cfg is None:
@@ -111,7 +115,7 @@ def matmul(a, b, out, *, trans_a=False, trans_b=False, variant="blocktile2d", cf
             f"out: op(a) is {m_a}x{k_a} and op(b) is {k_b}x{n_b}, so out must be {m_a}x{n_b} "
             f"with matching inner sizes; got out {m}x{n}"
         )
-    takes_workspace = hasattr(mod, "workspace_shape")
+    takes_workspace = hasattr(mod, "new_workspace")
     if workspace is not None and not takes_workspace:
         raise ValueError(f"workspace: matmul variant {variant!r} takes no workspace (only splitk does); pass None")
     if m == 0 or n == 0:
@@ -125,8 +129,16 @@ def matmul(a, b, out, *, trans_a=False, trans_b=False, variant="blocktile2d", cf
         mod.launch(dispatcher, cfg, a, b, out, grid, stream)
 
 
+#: The rungs built on the shared tiled kernel (kernels/matmul/_tiles.py): they take an epilogue.
+TILED = ("blocktile1d", "blocktile2d", "transposed", "warptile", "splitk")
+
+#: The signature of a tiled rung's kernel that does not split K: a, b, c, e (a where no
+#: epilogue), and the empty tuple where split-K's scratch would be.
+TILED_SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], Tuple(()))"
+
+
 def compile_targets() -> list:
-    """Every rung x every transpose pair at its GPU default configuration (and split-K's helper).
+    """Every rung x every transpose pair at its GPU default configuration.
 
     What ``rawgpu kernels`` compiles through NVVM and ptxas to report registers, spills, shared
     memory and occupancy: the same configurations the ``cuda`` engine and the benchmarks launch.
@@ -139,7 +151,6 @@ def compile_targets() -> list:
         cfg = mod.config()
         for ta, tb in TRANSPOSES:
             flags = ("T" if ta else "N") + ("T" if tb else "N")
-            signature = getattr(mod, "SIGNATURE", SIGNATURE)  # splitk writes a (splits, M, N) workspace
+            signature = getattr(mod, "SIGNATURE", TILED_SIGNATURE if variant in TILED else SIGNATURE)
             targets.append(CompileTarget(variant, f"{cfg.text()} {flags}", mod.kernel(ta, tb, **cfg.params), signature, cfg.threads))
-        targets.extend(getattr(mod, "extra_targets", lambda cfg: [])(cfg))
     return targets

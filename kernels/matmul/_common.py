@@ -16,6 +16,8 @@ from dataclasses import dataclass
 #: Hardware limits every current NVIDIA GPU shares: threads per block and static shared memory.
 MAX_THREADS_PER_BLOCK = 1024
 MAX_SHARED_BYTES = 48 * 1024
+#: The deepest shared tile (in K) a tiled kernel takes: its inner loop is written out, a step per k.
+MAX_BK = 16
 
 #: The signature every rung is launched with: C-contiguous float32 matrices a, b, c.
 SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"
@@ -66,6 +68,8 @@ def make_config(variant, defaults, params, geometry):
         least = 0 if name == "pad" else 1  # padding may be none; everything else counts something
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
+    if "bk" in values and values["bk"] > MAX_BK:
+        raise ValueError(f"bk: at most {MAX_BK} (the tiled kernels write their inner loop out, one step per k), got {values['bk']}")
     block, tile_shape, shared = geometry(values)
     if shared > MAX_SHARED_BYTES:
         raise ValueError(f"bk: shared tiles need {shared} bytes, more than {MAX_SHARED_BYTES}; lower bk or the tile sizes")
@@ -81,8 +85,18 @@ def divides(name, small, big_name, big):
 
 
 def launch_2d(kernel, cfg, a, b, out, grid, stream):
-    """The launch every rung but split-K uses: one block per tile of C, no allocation, no sync."""
+    """The launch of the first rungs (``naive``, ``coalesced``, ``smem``): one block per tile of C,
+    no allocation, no sync."""
     kernel[grid, cfg.block, stream](a, b, out)
+
+
+def launch_tiled(kernel, cfg, a, b, out, grid, stream):
+    """The plain launch of a tiled rung (kernels/matmul/_tiles.py), whose kernels take an
+    epilogue's operand ``e`` and split-K's scratch after C. With no epilogue ``e`` is not read,
+    and ``a`` stands in for it (not C: Numba's simulator copies each argument back after the
+    launch, and a second copy of C, never written, would be copied back over the first); a rung
+    that does not split K takes no scratch, ``()``."""
+    kernel[grid, cfg.block, stream](a, b, out, a, ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,15 +215,16 @@ def _run(mm, a, b, m, n, ta, tb, variant, cfg, on_gpu):
     import numpy as np
 
     out = np.full((m, n), np.nan, np.float32)
-    ws_shape = mm.workspace_shape(cfg, m, n)  # split-K's scratch, poisoned too
-    ws = None if ws_shape is None else np.full(ws_shape, np.nan, np.float32)
+    ws = mm.new_workspace(cfg, m, n)  # split-K's scratch
+    if ws is not None:
+        ws[0].fill(np.nan)  # poisoned too: every partial must be written before it is read
     if not on_gpu:
         mm.matmul(a, b, out, trans_a=ta, trans_b=tb, variant=variant, cfg=cfg, workspace=ws)
         return out
     from numba import cuda
 
     d_out = cuda.to_device(out)
-    d_ws = None if ws is None else cuda.to_device(ws)
+    d_ws = None if ws is None else tuple(cuda.to_device(x) for x in ws)
     mm.matmul(cuda.to_device(a), cuda.to_device(b), d_out, trans_a=ta, trans_b=tb, variant=variant, cfg=cfg, workspace=d_ws)
     cuda.synchronize()
     return d_out.copy_to_host()
@@ -241,12 +256,11 @@ def _time_on_gpu(mm, variant, cfg, sizes, reps):
         a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
         b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
         c = cupy.empty((n, n), dtype=cupy.float32)
-        ws_shape = mm.workspace_shape(cfg, n, n)
-        ws = None if ws_shape is None else cupy.empty(ws_shape, dtype=cupy.float32)  # kept alive here
+        ws = mm.new_workspace(cfg, n, n, cupy)  # kept alive here
         # The Numba views are made here, once: making one costs host time that is no part of the
         # kernel, and inside the timed region it would be measured with it.
         va, vb, vc = (cuda.as_cuda_array(x, sync=False) for x in (a, b, c))
-        vws = None if ws is None else cuda.as_cuda_array(ws, sync=False)
+        vws = None if ws is None else tuple(cuda.as_cuda_array(x, sync=False) for x in ws)
         ours = median_ms(lambda: mm.matmul(va, vb, vc, variant=variant, cfg=cfg, stream=stream, workspace=vws))
         theirs = median_ms(lambda: cupy.matmul(a, b, out=c))
         flops = 2.0 * n**3

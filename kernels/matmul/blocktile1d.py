@@ -31,10 +31,11 @@ if __name__ == "__main__":  # python -m: pick GPU or simulator before numba.cuda
 
 import functools  # noqa: E402
 
-from numba import cuda, float32  # noqa: E402
+from numba import cuda  # noqa: E402
 
-from rawgpu.kernels.matmul._common import divides, jit, make_config  # noqa: E402
-from rawgpu.kernels.matmul._common import launch_2d as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._common import divides, make_config  # noqa: E402
+from rawgpu.kernels.matmul._common import launch_tiled as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._tiles import NONE, tiled_kernel  # noqa: E402
 
 DEFAULTS = {"bm": 64, "bn": 64, "bk": 8, "tm": 8}  # 64 x 8 = 512 threads, 4 KiB shared
 SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 3, "tm": 3}
@@ -50,72 +51,17 @@ def config(**params):
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int):
-    threads_x = bn
-    threads = bn * (bm // tm)
-    loads_a = -(-(bm * bk) // threads)  # values of each shared tile one thread copies
-    loads_b = -(-(bk * bn) // threads)
-    even_a = (bm * bk) % threads == 0  # no thread falls off the end of the tile: no test needed
-    even_b = (bk * bn) % threads == 0
+def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, epilogue: str = NONE):
+    """``kernel(a, b, c, e, split)``: ``c = epilogue(op(a) @ op(b))`` (see kernels/matmul/_tiles.py)."""
 
-    @jit(threads, tm)
-    def blocktile1d(a, b, c):
-        As = cuda.shared.array((bm, bk), float32)  # As[i, k]
-        Bs = cuda.shared.array((bk, bn), float32)  # Bs[k, j]
-        acc = cuda.local.array(tm, float32)
-        m, n = c.shape
-        k_len = a.shape[0] if trans_a else a.shape[1]
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * threads_x + tx
-        col0 = cuda.blockIdx.x * bn
+    @cuda.jit(device=True, inline="always")
+    def thread_map(tx, ty):  # thread (x, y) owns column x and the tm rows y*tm + r
+        return ty * bn + tx, ty * tm, tx
 
-        for row0 in range(cuda.blockIdx.y * bm, m, cuda.gridDim.y * bm):
-            for r in range(tm):
-                acc[r] = 0.0
-            for k0 in range(0, k_len, bk):
-                for load in range(loads_a):  # cooperative copy of A's bm x bk tile
-                    e = tid + load * threads
-                    if even_a or e < bm * bk:
-                        if trans_a:  # a is (K, M): consecutive threads walk M
-                            kk = e // bm
-                            ii = e % bm
-                        else:  # a is (M, K): consecutive threads walk K
-                            ii = e // bk
-                            kk = e % bk
-                        v = float32(0.0)
-                        if row0 + ii < m and k0 + kk < k_len:
-                            v = a[k0 + kk, row0 + ii] if trans_a else a[row0 + ii, k0 + kk]
-                        As[ii, kk] = v
-                for load in range(loads_b):  # and of B's bk x bn tile
-                    e = tid + load * threads
-                    if even_b or e < bk * bn:
-                        if trans_b:  # b is (N, K): consecutive threads walk K
-                            jj = e // bk
-                            kk = e % bk
-                        else:  # b is (K, N): consecutive threads walk N
-                            kk = e // bn
-                            jj = e % bn
-                        v = float32(0.0)
-                        if col0 + jj < n and k0 + kk < k_len:
-                            v = b[col0 + jj, k0 + kk] if trans_b else b[k0 + kk, col0 + jj]
-                        Bs[kk, jj] = v
-                cuda.syncthreads()
-
-                for kk in range(bk):
-                    bv = Bs[kk, tx]  # one shared load ...
-                    for r in range(tm):  # ... reused for tm multiply-adds
-                        acc[r] += As[ty * tm + r, kk] * bv
-                cuda.syncthreads()
-
-            j = col0 + tx
-            if j < n:
-                for r in range(tm):
-                    i = row0 + ty * tm + r
-                    if i < m:
-                        c[i, j] = acc[r]
-
-    return blocktile1d
+    # A tm x 1 block per thread: its one value of B per step serves tm multiply-adds.
+    return tiled_kernel(thread_map, bm=bm, bn=bn, bk=bk, tm=tm, tn=1, i_step=1, j_step=1,
+                        threads=bn * (bm // tm), a_k_major=False, pad=0,
+                        trans_a=trans_a, trans_b=trans_b, epilogue=epilogue)
 
 
 if __name__ == "__main__":

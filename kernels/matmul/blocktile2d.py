@@ -38,10 +38,11 @@ if __name__ == "__main__":  # python -m: pick GPU or simulator before numba.cuda
 
 import functools  # noqa: E402
 
-from numba import cuda, float32  # noqa: E402
+from numba import cuda  # noqa: E402
 
-from rawgpu.kernels.matmul._common import divides, jit, make_config  # noqa: E402
-from rawgpu.kernels.matmul._common import launch_2d as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._common import divides, make_config  # noqa: E402
+from rawgpu.kernels.matmul._common import launch_tiled as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._tiles import NONE, tiled_kernel  # noqa: E402
 
 DEFAULTS = {"bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4}  # 16 x 16 = 256 threads, 4 KiB shared
 SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 3, "tm": 3, "tn": 2}
@@ -58,80 +59,17 @@ def config(**params):
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn: int):
+def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn: int, epilogue: str = NONE):
+    """``kernel(a, b, c, e)``: ``c = epilogue(op(a) @ op(b))`` (see kernels/matmul/_tiles.py)."""
     threads_x = bn // tn
-    threads = threads_x * (bm // tm)
-    loads_a = -(-(bm * bk) // threads)  # values of each shared tile one thread copies
-    loads_b = -(-(bk * bn) // threads)
-    even_a = (bm * bk) % threads == 0  # no thread falls off the end of the tile: no test needed
-    even_b = (bk * bn) % threads == 0
 
-    @jit(threads, tm * tn)
-    def blocktile2d(a, b, c):
-        As = cuda.shared.array((bm, bk), float32)  # As[i, k]
-        Bs = cuda.shared.array((bk, bn), float32)  # Bs[k, j]
-        acc = cuda.local.array((tm, tn), float32)
-        a_reg = cuda.local.array(tm, float32)
-        b_reg = cuda.local.array(tn, float32)
-        m, n = c.shape
-        k_len = a.shape[0] if trans_a else a.shape[1]
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * threads_x + tx
-        col0 = cuda.blockIdx.x * bn
+    @cuda.jit(device=True, inline="always")
+    def thread_map(tx, ty):  # thread (x, y) owns the tm x tn block at rows y*tm + r, columns x*tn + s
+        return ty * threads_x + tx, ty * tm, tx * tn
 
-        for row0 in range(cuda.blockIdx.y * bm, m, cuda.gridDim.y * bm):
-            for r in range(tm):
-                for s in range(tn):
-                    acc[r, s] = 0.0
-            for k0 in range(0, k_len, bk):
-                for load in range(loads_a):  # cooperative copy of A's bm x bk tile
-                    e = tid + load * threads
-                    if even_a or e < bm * bk:
-                        if trans_a:  # a is (K, M): consecutive threads walk M
-                            kk = e // bm
-                            ii = e % bm
-                        else:  # a is (M, K): consecutive threads walk K
-                            ii = e // bk
-                            kk = e % bk
-                        v = float32(0.0)
-                        if row0 + ii < m and k0 + kk < k_len:
-                            v = a[k0 + kk, row0 + ii] if trans_a else a[row0 + ii, k0 + kk]
-                        As[ii, kk] = v
-                for load in range(loads_b):  # and of B's bk x bn tile
-                    e = tid + load * threads
-                    if even_b or e < bk * bn:
-                        if trans_b:  # b is (N, K): consecutive threads walk K
-                            jj = e // bk
-                            kk = e % bk
-                        else:  # b is (K, N): consecutive threads walk N
-                            kk = e // bn
-                            jj = e % bn
-                        v = float32(0.0)
-                        if col0 + jj < n and k0 + kk < k_len:
-                            v = b[col0 + jj, k0 + kk] if trans_b else b[k0 + kk, col0 + jj]
-                        Bs[kk, jj] = v
-                cuda.syncthreads()
-
-                for kk in range(bk):
-                    for r in range(tm):
-                        a_reg[r] = As[ty * tm + r, kk]
-                    for s in range(tn):
-                        b_reg[s] = Bs[kk, tx * tn + s]
-                    for r in range(tm):  # the outer product: tm * tn FMAs for tm + tn loads
-                        for s in range(tn):
-                            acc[r, s] += a_reg[r] * b_reg[s]
-                cuda.syncthreads()
-
-            for r in range(tm):
-                i = row0 + ty * tm + r
-                if i < m:
-                    for s in range(tn):
-                        j = col0 + tx * tn + s
-                        if j < n:
-                            c[i, j] = acc[r, s]
-
-    return blocktile2d
+    return tiled_kernel(thread_map, bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, i_step=1, j_step=1,
+                        threads=threads_x * (bm // tm), a_k_major=False, pad=0,
+                        trans_a=trans_a, trans_b=trans_b, epilogue=epilogue)
 
 
 if __name__ == "__main__":

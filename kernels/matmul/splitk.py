@@ -1,27 +1,32 @@
-"""Rung 8, ``splitk``: for thin products, split K across blocks, then sum the partial tiles in a fixed order.
+"""Rung 8, ``splitk``: for thin products, split K across blocks; the last block of each tile adds the slices in a fixed order.
 
 The idea. Every rung so far gives a block one tile of C and the whole of K. That is right when C
 has many tiles, and wrong for the products a small network trains with: 128 x 128 from a K of
 784 (the first layer's forward product) is 4 tiles of 64 x 64, so 4 blocks for an H100's 132 SMs:
 97% of the GPU idles however fast each block is. Split-K cuts K into ``splits`` slices and gives
 each (tile, slice) pair its own block (``gridDim.z = splits``): ``splits`` times as many blocks,
-each doing ``1 / splits`` of the work. Their partial tiles must then be summed. Block (tile, z)
-writes its partial tile with plain stores into slice ``z`` of a workspace ``ws`` of shape
-(splits, M, N), float32; a second kernel, ``splitk_sum``, then computes
-``C[i, j] = ws[0, i, j] + ws[1, i, j] + ...`` in that order, one thread per element (grid-stride,
-consecutive threads on consecutive j, so every load and store coalesces). The launcher allocates
-nothing: the caller passes the workspace (:func:`workspace_shape` says its shape).
+each doing ``1 / splits`` of the work. Their partial tiles must then be added up.
 
-What it changes. Not loads per FMA (the block is rung 6's, conflict-free layout and all), but
-*occupancy of the GPU as a whole*: blocks in flight per SM. The cost: one extra launch, and
-``splits x M x N`` floats written to the workspace and read back once more by the sum (cheap when
-C is small, which is exactly when split-K pays). What the workspace buys over adding into C with
-``cuda.atomic.add``: a fixed summation order. Float addition is not associative, and atomics add
-in whatever order the blocks happen to finish, so their result can differ in the last bit from
-run to run; here every run adds the same numbers in the same order, so the result is bitwise
-reproducible (the same seed trains to the same numbers, and a CUDA-graph replay equals the eager
-run). The autotuner (``tuning.py``) picks ``splits`` per shape; split-K loses when C alone has
-enough tiles to fill the GPU.
+How, in one launch. Block (tile, z) stores its partial tile into plane ``z`` of a workspace
+``ws`` of shape (splits, M + 1, N), float32, makes its stores visible device-wide
+(``threadfence``), and counts itself in the tile's counter with an integer atomic. The block that
+draws the last count knows every other slice's partial is in memory: it adds the planes in the
+fixed order ``z = 0, 1, ...``, applies the epilogue, stores the tile of C, and sets the counter
+back to 0 for the next launch (the same *last-block* pattern as the loss kernel's mean, in
+kernels/fused.py). Row M of each plane carries that slice's column sums for the ``WEIGHT_GRAD``
+epilogue. The code is the shared tiled kernel's (kernels/matmul/_tiles.py: ``slice_gatherer``),
+on rung 6's thread map and conflict-free layout. The launcher allocates nothing: the caller
+passes ``(ws, counters)``, the counters zeroed once (:func:`new_workspace` makes both).
+
+What it changes. Not loads per FMA, but *occupancy of the GPU as a whole*: blocks in flight per
+SM. The cost: ``splits x M x N`` floats written to the workspace and read back once by the last
+blocks (cheap when C is small, which is exactly when split-K pays). What the workspace buys over
+adding into C with float atomics: a fixed summation order. Float addition is not associative,
+and atomics add in whatever order the blocks happen to finish, so their result can differ in the
+last bit from run to run; here every run adds the same numbers in the same order, so the result
+is bitwise reproducible (the same seed trains to the same numbers, and a CUDA-graph replay equals
+the eager run). The autotuner (``tuning.py``) picks ``splits`` and the tile per shape; split-K
+loses when C alone has enough tiles to fill the GPU.
 """
 
 from __future__ import annotations
@@ -34,13 +39,13 @@ if __name__ == "__main__":  # python -m: pick GPU or simulator before numba.cuda
 import functools  # noqa: E402
 
 import numpy as np  # noqa: E402
-from numba import cuda, float32  # noqa: E402
+from numba import cuda  # noqa: E402
 
-from rawgpu.kernels.matmul._common import divides, jit, make_config  # noqa: E402
+from rawgpu.kernels.matmul._common import divides, make_config  # noqa: E402
+from rawgpu.kernels.matmul._tiles import NONE, tiled_kernel  # noqa: E402
 
 DEFAULTS = {"bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4, "pad": 4, "splits": 4}
 SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 3, "tm": 3, "tn": 2, "pad": 1, "splits": 3}
-SUM_THREADS = 256
 
 
 def _geometry(p):
@@ -56,145 +61,64 @@ def config(**params):
     return make_config("splitk", DEFAULTS, params, _geometry)
 
 
-#: The signatures the two kernels are launched with: splitk(a, b, ws) and splitk_sum(ws, c).
-SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, :, ::1])"
-SUM_SIGNATURE = "void(float32[:, :, ::1], float32[:, ::1])"
+#: The signature of a split kernel: a, b, c, e (a stands in where there is no epilogue), (ws, counters).
+SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], Tuple((float32[:, :, ::1], int32[::1])))"
 
 
 def workspace_shape(cfg, m: int, n: int) -> tuple:
-    """The workspace one M x N product needs at ``cfg``: (splits, M, N) float32, C-contiguous."""
-    return (cfg.params["splits"], m, n)
+    """The partial tiles one M x N product needs at ``cfg``: (splits, M + 1, N) float32, C-contiguous
+    (row M of each plane holds that slice's column sums, for the ``WEIGHT_GRAD`` epilogue)."""
+    return (cfg.params["splits"], m + 1, n)
+
+
+def counter_shape(cfg, m: int, n: int) -> tuple:
+    """The tile counters one M x N product needs: one int32 per output tile, zero before the first
+    launch (every launch leaves them zero)."""
+    rows, cols = cfg.tile_shape
+    return (-(-m // rows) * -(-n // cols),)
+
+
+def new_workspace(cfg, m: int, n: int, xp=np):
+    """``(ws, counters)`` for an M x N product at ``cfg``, made with the array module ``xp``
+    (NumPy in the simulator; CuPy, or anything with ``empty`` and ``zeros``, on a GPU)."""
+    return xp.empty(workspace_shape(cfg, m, n), np.float32), xp.zeros(counter_shape(cfg, m, n), np.int32)
 
 
 @functools.lru_cache(maxsize=None)
-def sum_kernel():
-    """c[i, j] = ws[0, i, j] + ws[1, i, j] + ..., always in that order: one element per thread, grid stride."""
-
-    @cuda.jit(cache=True)
-    def splitk_sum(ws, c):
-        splits, m, n = ws.shape
-        for e in range(cuda.grid(1), m * n, cuda.gridsize(1)):
-            i = e // n
-            j = e % n
-            total = ws[0, i, j]
-            for z in range(1, splits):
-                total += ws[z, i, j]
-            c[i, j] = total
-
-    return splitk_sum
-
-
-@functools.lru_cache(maxsize=None)
-def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn: int, pad: int, splits: int):
+def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn: int, pad: int, splits: int,
+           epilogue: str = NONE):
+    """``kernel(a, b, c, e, (ws, counters))``: ``c = epilogue(op(a) @ op(b))``, K in ``splits``
+    slices (see kernels/matmul/_tiles.py)."""
     threads_x = bn // tn
     threads_y = bm // tm
-    threads = threads_x * threads_y
-    loads_a = -(-(bm * bk) // threads)
-    loads_b = -(-(bk * bn) // threads)
-    even_a = (bm * bk) % threads == 0
-    even_b = (bk * bn) % threads == 0
-    a_cols = bm + pad
-    b_cols = bn + pad
 
-    # 3 blocks per SM (at most 85 registers): at 4 blocks (64) ptxas spills 4 bytes.
-    @jit(threads, tm * tn, blocks=3)
-    def splitk(a, b, ws):
-        As = cuda.shared.array((bk, a_cols), float32)
-        Bs = cuda.shared.array((bk, b_cols), float32)
-        acc = cuda.local.array((tm, tn), float32)
-        a_reg = cuda.local.array(tm, float32)
-        b_reg = cuda.local.array(tn, float32)
-        m = ws.shape[1]
-        n = ws.shape[2]
-        k_len = a.shape[0] if trans_a else a.shape[1]
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * threads_x + tx
-        col0 = cuda.blockIdx.x * bn
-        # This block's slice of K: whole bk-tiles, as even as they divide.
-        per_slice = (-(-k_len // bk) + splits - 1) // splits * bk
-        k_begin = cuda.blockIdx.z * per_slice
-        k_end = min(k_len, k_begin + per_slice)
+    @cuda.jit(device=True, inline="always")
+    def thread_map(tx, ty):  # rung 6's: rows y + r * threads_y, columns x + s * threads_x
+        return ty * threads_x + tx, ty, tx
 
-        for row0 in range(cuda.blockIdx.y * bm, m, cuda.gridDim.y * bm):
-            for r in range(tm):
-                for s in range(tn):
-                    acc[r, s] = 0.0
-            for k0 in range(k_begin, k_end, bk):
-                for load in range(loads_a):
-                    e = tid + load * threads
-                    if even_a or e < bm * bk:
-                        if trans_a:
-                            kk = e // bm
-                            ii = e % bm
-                        else:
-                            ii = e // bk
-                            kk = e % bk
-                        v = float32(0.0)
-                        if row0 + ii < m and k0 + kk < k_end:
-                            v = a[k0 + kk, row0 + ii] if trans_a else a[row0 + ii, k0 + kk]
-                        As[kk, ii] = v
-                for load in range(loads_b):
-                    e = tid + load * threads
-                    if even_b or e < bk * bn:
-                        if trans_b:
-                            jj = e // bk
-                            kk = e % bk
-                        else:
-                            kk = e // bn
-                            jj = e % bn
-                        v = float32(0.0)
-                        if col0 + jj < n and k0 + kk < k_end:
-                            v = b[col0 + jj, k0 + kk] if trans_b else b[k0 + kk, col0 + jj]
-                        Bs[kk, jj] = v
-                cuda.syncthreads()
+    # 3 blocks per SM (at most 85 registers), as rung 6.
+    return tiled_kernel(thread_map, bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, i_step=threads_y, j_step=threads_x,
+                        threads=threads_x * threads_y, a_k_major=True, pad=pad, trans_a=trans_a, trans_b=trans_b,
+                        epilogue=epilogue, splits=splits, blocks_per_sm=3)
 
-                for kk in range(bk):
-                    for r in range(tm):
-                        a_reg[r] = As[kk, ty + r * threads_y]
-                    for s in range(tn):
-                        b_reg[s] = Bs[kk, tx + s * threads_x]
-                    for r in range(tm):
-                        for s in range(tn):
-                            acc[r, s] += a_reg[r] * b_reg[s]
-                cuda.syncthreads()
 
-            # Plain stores into this slice's plane of the workspace; a slice past the end of K
-            # stores zeros, so splitk_sum can read every plane.
-            z = cuda.blockIdx.z
-            for r in range(tm):
-                i = row0 + ty + r * threads_y
-                if i < m:
-                    for s in range(tn):
-                        j = col0 + tx + s * threads_x
-                        if j < n:
-                            ws[z, i, j] = acc[r, s]
-
-    return splitk
+def check_workspace(cfg, m: int, n: int, workspace) -> None:
+    """A one-line ValueError unless ``workspace`` is ``(ws, counters)`` of the shapes and types
+    :func:`new_workspace` makes."""
+    ws, counters = workspace if isinstance(workspace, tuple) and len(workspace) == 2 else (None, None)
+    for name, arr, shape, dtype in (("ws", ws, workspace_shape(cfg, m, n), np.float32),
+                                    ("counters", counters, counter_shape(cfg, m, n), np.int32)):
+        got = getattr(arr, "shape", None)
+        if got is None or tuple(got) != shape or getattr(arr, "dtype", None) != dtype:
+            raise ValueError(f"workspace: splitk needs (ws, counters), {name} {np.dtype(dtype).name} of shape {shape}; "
+                             f"make them with splitk.new_workspace(cfg, m, n)")
 
 
 def launch(dispatcher, cfg, a, b, out, grid, stream, workspace=None):
-    """One block per (tile, slice of K) into ``workspace``, then the fixed-order sum into ``out``.
-
-    Two launches on one stream, no allocation: ``workspace`` is float32 of
-    :func:`workspace_shape` and is overwritten.
-    """
-    m, n = out.shape
-    need = workspace_shape(cfg, m, n)
-    got = getattr(workspace, "shape", None)
-    if got is None or tuple(got) != need or getattr(workspace, "dtype", None) != np.float32:
-        what = "none" if workspace is None else f"{getattr(workspace, 'dtype', type(workspace).__name__)} of shape {got}"
-        raise ValueError(f"workspace: splitk needs a float32 array of shape {need} (splits, M, N), got {what}")
-    dispatcher[(grid[0], grid[1], cfg.params["splits"]), cfg.block, stream](a, b, workspace)
-    sum_blocks = min(-(-(m * n) // SUM_THREADS), 4096)
-    sum_kernel()[sum_blocks, SUM_THREADS, stream](workspace, out)
-
-
-def extra_targets(cfg):
-    """The summing kernel, for the compile report."""
-    from rawgpu.kernels._compile import CompileTarget
-
-    return [CompileTarget("splitk_sum", f"threads={SUM_THREADS}", sum_kernel(), SUM_SIGNATURE, SUM_THREADS)]
+    """One block per (tile, slice of K), one launch, no allocation: ``workspace`` is
+    ``(ws, counters)`` from :func:`new_workspace` (``ws`` is overwritten; ``counters`` are left 0)."""
+    check_workspace(cfg, out.shape[0], out.shape[1], workspace)
+    dispatcher[(grid[0], grid[1], cfg.params["splits"]), cfg.block, stream](a, b, out, a, workspace)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,11 @@ if __name__ == "__main__":  # python -m: pick GPU or simulator before numba.cuda
 
 import functools  # noqa: E402
 
-from numba import cuda, float32  # noqa: E402
+from numba import cuda  # noqa: E402
 
-from rawgpu.kernels.matmul._common import divides, jit, make_config  # noqa: E402
-from rawgpu.kernels.matmul._common import launch_2d as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._common import divides, make_config  # noqa: E402
+from rawgpu.kernels.matmul._common import launch_tiled as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._tiles import NONE, tiled_kernel  # noqa: E402
 
 DEFAULTS = {"bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4, "pad": 4}  # 256 threads
 SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 3, "tm": 3, "tn": 2, "pad": 1}
@@ -61,84 +62,20 @@ def config(**params):
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn: int, pad: int):
+def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn: int, pad: int, epilogue: str = NONE):
+    """``kernel(a, b, c, e, split)``: ``c = epilogue(op(a) @ op(b))`` (see kernels/matmul/_tiles.py)."""
     threads_x = bn // tn
     threads_y = bm // tm
-    threads = threads_x * threads_y
-    loads_a = -(-(bm * bk) // threads)
-    loads_b = -(-(bk * bn) // threads)
-    even_a = (bm * bk) % threads == 0
-    even_b = (bk * bn) % threads == 0
-    a_cols = bm + pad  # shared-array shapes must be compile-time constants: computed here
-    b_cols = bn + pad
 
-    # 3 blocks per SM (at most 85 registers): at 4 blocks (64) ptxas spills 4 bytes.
-    @jit(threads, tm * tn, blocks=3)
-    def transposed(a, b, c):
-        As = cuda.shared.array((bk, a_cols), float32)  # As[k, i]: A's tile, transposed
-        Bs = cuda.shared.array((bk, b_cols), float32)  # Bs[k, j]
-        acc = cuda.local.array((tm, tn), float32)
-        a_reg = cuda.local.array(tm, float32)
-        b_reg = cuda.local.array(tn, float32)
-        m, n = c.shape
-        k_len = a.shape[0] if trans_a else a.shape[1]
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * threads_x + tx
-        col0 = cuda.blockIdx.x * bn
+    @cuda.jit(device=True, inline="always")
+    def thread_map(tx, ty):  # thread (x, y) owns rows y + r * threads_y and columns x + s * threads_x
+        return ty * threads_x + tx, ty, tx
 
-        for row0 in range(cuda.blockIdx.y * bm, m, cuda.gridDim.y * bm):
-            for r in range(tm):
-                for s in range(tn):
-                    acc[r, s] = 0.0
-            for k0 in range(0, k_len, bk):
-                for load in range(loads_a):
-                    e = tid + load * threads
-                    if even_a or e < bm * bk:
-                        if trans_a:  # a is (K, M): consecutive threads walk M
-                            kk = e // bm
-                            ii = e % bm
-                        else:  # a is (M, K): consecutive threads walk K; the store transposes
-                            ii = e // bk
-                            kk = e % bk
-                        v = float32(0.0)
-                        if row0 + ii < m and k0 + kk < k_len:
-                            v = a[k0 + kk, row0 + ii] if trans_a else a[row0 + ii, k0 + kk]
-                        As[kk, ii] = v
-                for load in range(loads_b):
-                    e = tid + load * threads
-                    if even_b or e < bk * bn:
-                        if trans_b:  # b is (N, K): consecutive threads walk K
-                            jj = e // bk
-                            kk = e % bk
-                        else:  # b is (K, N): consecutive threads walk N
-                            kk = e // bn
-                            jj = e % bn
-                        v = float32(0.0)
-                        if col0 + jj < n and k0 + kk < k_len:
-                            v = b[col0 + jj, k0 + kk] if trans_b else b[k0 + kk, col0 + jj]
-                        Bs[kk, jj] = v
-                cuda.syncthreads()
-
-                for kk in range(bk):
-                    for r in range(tm):  # a row of As: neighbouring threads, neighbouring banks
-                        a_reg[r] = As[kk, ty + r * threads_y]
-                    for s in range(tn):
-                        b_reg[s] = Bs[kk, tx + s * threads_x]
-                    for r in range(tm):
-                        for s in range(tn):
-                            acc[r, s] += a_reg[r] * b_reg[s]
-                cuda.syncthreads()
-
-            for r in range(tm):
-                i = row0 + ty + r * threads_y
-                if i < m:
-                    for s in range(tn):
-                        j = col0 + tx + s * threads_x
-                        if j < n:
-                            c[i, j] = acc[r, s]
-
-    return transposed
+    # A's tile stored k-major (As[k, i], rows padded): a step reads a row of As, like a row of Bs.
+    # 3 blocks per SM (at most 85 registers).
+    return tiled_kernel(thread_map, bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, i_step=threads_y, j_step=threads_x,
+                        threads=threads_x * threads_y, a_k_major=True, pad=pad,
+                        trans_a=trans_a, trans_b=trans_b, epilogue=epilogue, blocks_per_sm=3)
 
 
 if __name__ == "__main__":

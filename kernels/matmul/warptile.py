@@ -33,10 +33,11 @@ if __name__ == "__main__":  # python -m: pick GPU or simulator before numba.cuda
 
 import functools  # noqa: E402
 
-from numba import cuda, float32  # noqa: E402
+from numba import cuda  # noqa: E402
 
-from rawgpu.kernels.matmul._common import divides, jit, make_config  # noqa: E402
-from rawgpu.kernels.matmul._common import launch_2d as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._common import divides, make_config  # noqa: E402
+from rawgpu.kernels.matmul._common import launch_tiled as launch  # noqa: E402,F401
+from rawgpu.kernels.matmul._tiles import NONE, tiled_kernel  # noqa: E402
 
 DEFAULTS = {"bm": 128, "bn": 64, "bk": 8, "wm": 32, "wn": 32, "tm": 4, "tn": 8, "pad": 4}  # 8 warps
 SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 3, "wm": 3, "wn": 2, "tm": 3, "tn": 1, "pad": 1}
@@ -58,87 +59,25 @@ def config(**params):
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, wm: int, wn: int, tm: int, tn: int, pad: int):
+def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, wm: int, wn: int, tm: int, tn: int, pad: int,
+           epilogue: str = NONE):
+    """``kernel(a, b, c, e, split)``: ``c = epilogue(op(a) @ op(b))`` (see kernels/matmul/_tiles.py)."""
     lanes_x = wn // tn  # lanes across a warp tile's columns
     lanes_y = wm // tm
     lanes = lanes_x * lanes_y  # 32 on a GPU: one warp per warp tile
     warps_x = bn // wn
-    threads = lanes * warps_x * (bm // wm)
-    loads_a = -(-(bm * bk) // threads)
-    loads_b = -(-(bk * bn) // threads)
-    even_a = (bm * bk) % threads == 0
-    even_b = (bk * bn) % threads == 0
-    a_cols = bm + pad
-    b_cols = bn + pad
 
-    @jit(threads, tm * tn)
-    def warptile(a, b, c):
-        As = cuda.shared.array((bk, a_cols), float32)  # As[k, i]
-        Bs = cuda.shared.array((bk, b_cols), float32)  # Bs[k, j]
-        acc = cuda.local.array((tm, tn), float32)
-        a_reg = cuda.local.array(tm, float32)
-        b_reg = cuda.local.array(tn, float32)
-        m, n = c.shape
-        k_len = a.shape[0] if trans_a else a.shape[1]
-        tid = cuda.threadIdx.x
-        warp = tid // lanes
-        lane = tid % lanes
-        i0 = (warp // warps_x) * wm + lane // lanes_x  # the thread's first row in the block tile
-        j0 = (warp % warps_x) * wn + lane % lanes_x  # and its first column
-        col0 = cuda.blockIdx.x * bn
+    @cuda.jit(device=True, inline="always")
+    def thread_map(tx, ty):  # threads along x only: warp = tid // lanes, lane = tid % lanes
+        warp = tx // lanes
+        lane = tx % lanes
+        i0 = (warp // warps_x) * wm + lane // lanes_x  # the warp tile's corner, plus the lane's place in it
+        j0 = (warp % warps_x) * wn + lane % lanes_x
+        return tx, i0, j0
 
-        for row0 in range(cuda.blockIdx.y * bm, m, cuda.gridDim.y * bm):
-            for r in range(tm):
-                for s in range(tn):
-                    acc[r, s] = 0.0
-            for k0 in range(0, k_len, bk):
-                for load in range(loads_a):  # the copies are the block's, as in rung 6
-                    e = tid + load * threads
-                    if even_a or e < bm * bk:
-                        if trans_a:
-                            kk = e // bm
-                            ii = e % bm
-                        else:
-                            ii = e // bk
-                            kk = e % bk
-                        v = float32(0.0)
-                        if row0 + ii < m and k0 + kk < k_len:
-                            v = a[k0 + kk, row0 + ii] if trans_a else a[row0 + ii, k0 + kk]
-                        As[kk, ii] = v
-                for load in range(loads_b):
-                    e = tid + load * threads
-                    if even_b or e < bk * bn:
-                        if trans_b:
-                            jj = e // bk
-                            kk = e % bk
-                        else:
-                            kk = e // bn
-                            jj = e % bn
-                        v = float32(0.0)
-                        if col0 + jj < n and k0 + kk < k_len:
-                            v = b[col0 + jj, k0 + kk] if trans_b else b[k0 + kk, col0 + jj]
-                        Bs[kk, jj] = v
-                cuda.syncthreads()
-
-                for kk in range(bk):  # the warp reads only its wm rows of As and wn columns of Bs
-                    for r in range(tm):
-                        a_reg[r] = As[kk, i0 + r * lanes_y]
-                    for s in range(tn):
-                        b_reg[s] = Bs[kk, j0 + s * lanes_x]
-                    for r in range(tm):
-                        for s in range(tn):
-                            acc[r, s] += a_reg[r] * b_reg[s]
-                cuda.syncthreads()
-
-            for r in range(tm):
-                i = row0 + i0 + r * lanes_y
-                if i < m:
-                    for s in range(tn):
-                        j = col0 + j0 + s * lanes_x
-                        if j < n:
-                            c[i, j] = acc[r, s]
-
-    return warptile
+    return tiled_kernel(thread_map, bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, i_step=lanes_y, j_step=lanes_x,
+                        threads=lanes * warps_x * (bm // wm), a_k_major=True, pad=pad,
+                        trans_a=trans_a, trans_b=trans_b, epilogue=epilogue)
 
 
 if __name__ == "__main__":
