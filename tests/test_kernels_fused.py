@@ -1,11 +1,13 @@
-"""The fused kernels of the lean training step (kernels/fused.py), launched directly.
+"""The training step's kernels (kernels/fused.py), launched through their launch plans.
 
-Each kernel is checked against rawgpu/reference.py in float64 on fresh random inputs, with every
-output poisoned (NaN) before the run, at shapes that are not multiples of the tiny simulator
-tiles (1 x 1 x 1 included). The loss kernel's in-kernel bookkeeping is checked over consecutive
-launches: the step counter, the float64 sums, the first non-finite step, bad labels, the
-last-block counter back at 0, and a loss that is bitwise the same run after run. The GPU lane
-runs the real network's shapes at the GPU default tiles.
+The step's matmuls are the ladder's tiled rungs with an epilogue (kernels/matmul/_tiles.py): each
+epilogue is checked on every tiled rung, split-K included, against rawgpu/reference.py in float64
+on fresh random inputs, with every output (and split-K's workspace) poisoned (NaN) before the
+run, at shapes that are not multiples of the tiny simulator tiles (1 x 1 x 1 included). The loss
+kernel's in-kernel bookkeeping is checked over consecutive launches: the step counter, the
+float64 sums, the first non-finite step, bad labels, the last-block counter back at 0, and a loss
+that is bitwise the same run after run. The GPU lane runs the real network's shapes at the
+autotuner's picks.
 """
 
 import math
@@ -16,10 +18,14 @@ from helpers import assert_close, poisoned
 
 from rawgpu import reference
 from rawgpu.kernels import fused
+from rawgpu.kernels import matmul as mm
+from rawgpu.kernels.matmul import tuning
 
 # (B, D, H): one element, and odd shapes that no tiny tile divides.
 SHAPES = [(1, 1, 1), (7, 5, 3), (13, 11, 9)]
 SHAPE_IDS = ["x".join(map(str, s)) for s in SHAPES]
+#: Every rung that takes an epilogue, at its simulator tiles (split-K in 3 slices).
+RUNGS = {variant: mm.sim_config(variant) for variant in mm.TILED}
 # A second tiling for the simulator: 3 threads for 6 tile columns, so each thread sums two
 # columns of d in weight_grad, and a bk that is not the sim default.
 NARROW = {"bm": 2, "bn": 6, "bk": 2, "tm": 2, "tn": 2}
@@ -33,8 +39,19 @@ def dev(lane, *arrays):
     return [lane.to_device(a) for a in arrays]
 
 
-def sim_cfg(**params):
-    return fused.config(**(params or fused.SIM_PARAMS))
+def product(lane, op, variant, cfg, a, b, e, out_shape):
+    """One of the step's products through its launch plan, into a poisoned output (and a poisoned
+    split-K workspace); returns the output and ``e`` on the host."""
+    out = lane.to_device(poisoned(out_shape))
+    a, b, e = dev(lane, a, b, e)
+    ws = mm.new_workspace(cfg, *out_shape)
+    split = () if ws is None else (lane.to_device(poisoned(ws[0].shape)), lane.to_device(ws[1]))
+    launch = fused.product_launch(op, variant, cfg, *out_shape)
+    if launch is not None:
+        launch(a, b, out, e, split)
+    if split:
+        assert not lane.to_host(split[1]).any(), "split-K must leave its tile counters at 0"
+    return lane.to_host(out), lane.to_host(e)
 
 
 # --- linear_relu and linear_backward_relu -----------------------------------------------------
@@ -42,77 +59,77 @@ def sim_cfg(**params):
 
 @pytest.mark.sim
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_linear_relu(lane, rng, shape):
+@pytest.mark.parametrize("variant", mm.TILED)
+def test_linear_relu(lane, rng, variant, shape):
     b_, d_, h_ = shape
     x, w, b = rand(rng, b_, d_), rand(rng, d_, h_), rand(rng, h_)
-    out = lane.to_device(poisoned((b_, h_)))
-    fused.linear_relu(*dev(lane, x, w, b), out, cfg=sim_cfg())
-    assert_close(lane.to_host(out), reference.linear_relu(x, w, b), what="linear_relu")
+    got, _ = product(lane, "linear_relu", variant, RUNGS[variant], x, w, b, (b_, h_))
+    assert_close(got, reference.linear_relu(x, w, b), what=f"linear_relu on {variant}")
 
 
 @pytest.mark.sim
-def test_linear_relu_passes_nan_on(lane, rng):
+@pytest.mark.parametrize("variant", ["blocktile2d", "splitk"])
+def test_linear_relu_passes_nan_on(lane, rng, variant):
     """A NaN input must reach the loss (which counts the first non-finite step), not be clipped to 0."""
     x, w, b = rand(rng, 3, 4), rand(rng, 4, 5), rand(rng, 5)
     x[1, 2] = np.nan
-    out = lane.to_device(poisoned((3, 5)))
-    fused.linear_relu(*dev(lane, x, w, b), out, cfg=sim_cfg())
-    got = lane.to_host(out)
+    got, _ = product(lane, "linear_relu", variant, RUNGS[variant], x, w, b, (3, 5))
     assert np.isnan(got[1]).all()
     assert_close(got[[0, 2]], reference.linear_relu(x[[0, 2]], w, b))
 
 
 @pytest.mark.sim
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_linear_backward_relu(lane, rng, shape):
+@pytest.mark.parametrize("variant", mm.TILED)
+def test_linear_backward_relu(lane, rng, variant, shape):
     b_, c_, h_ = shape
     d, w = rand(rng, b_, c_), rand(rng, h_, c_)
     act = np.maximum(rand(rng, b_, h_), 0)  # about half the ReLUs closed
-    out = lane.to_device(poisoned((b_, h_)))
-    fused.linear_backward_relu(*dev(lane, d, w, act), out, cfg=sim_cfg())
-    assert_close(lane.to_host(out), reference.linear_backward_relu(d, w, act), what="linear_backward_relu")
+    got, _ = product(lane, "linear_backward_relu", variant, RUNGS[variant], d, w, act, (b_, h_))
+    assert_close(got, reference.linear_backward_relu(d, w, act), what=f"linear_backward_relu on {variant}")
 
 
 # --- weight_grad -------------------------------------------------------------------------------
 
 
-def run_weight_grad(lane, inp, d, cfg):
-    dw = lane.to_device(poisoned((inp.shape[1], d.shape[1])))
-    db = lane.to_device(poisoned(d.shape[1]))
-    fused.weight_grad(*dev(lane, inp, d), dw, db, cfg=cfg)
-    return lane.to_host(dw), lane.to_host(db)
+def run_weight_grad(lane, inp, d, variant, cfg):
+    return product(lane, "weight_grad", variant, cfg, inp, d, poisoned(d.shape[1]), (inp.shape[1], d.shape[1]))
 
 
 @pytest.mark.sim
 @pytest.mark.parametrize(
-    "shape, params",
-    [(s, fused.SIM_PARAMS) for s in SHAPES] + [((1, 1, 1), NARROW), ((10, 3, 14), NARROW)],
-    ids=[f"sim-{i}" for i in SHAPE_IDS] + ["narrow-1x1x1", "narrow-10x3x14"],
+    "variant, shape, params",
+    [(v, s, None) for v in mm.TILED for s in SHAPES]
+    + [("blocktile2d", (1, 1, 1), NARROW), ("blocktile2d", (10, 3, 14), NARROW), ("splitk", (10, 3, 14), {**NARROW, "pad": 1})],
+    ids=[f"{v}-{i}" for v in mm.TILED for i in SHAPE_IDS] + ["narrow-1x1x1", "narrow-10x3x14", "splitk-narrow-10x3x14"],
 )
-def test_weight_grad(lane, rng, shape, params):
+def test_weight_grad(lane, rng, variant, shape, params):
     b_, d_, n_ = shape
     inp, d = rand(rng, b_, d_), rand(rng, b_, n_)
-    dw, db = run_weight_grad(lane, inp, d, fused.config(**params))
+    cfg = RUNGS[variant] if params is None else mm.config(variant, **params)
+    dw, db = run_weight_grad(lane, inp, d, variant, cfg)
     ref_dw, ref_db = reference.weight_grad(inp, d)
     assert_close(dw, ref_dw, what="dw")
     assert_close(db, ref_db, what="db")
 
 
 @pytest.mark.sim
-def test_weight_grad_row_tiles_beyond_the_grid(lane, rng, monkeypatch):
+@pytest.mark.parametrize("variant", ["blocktile2d", "splitk"])
+def test_weight_grad_row_tiles_beyond_the_grid(lane, rng, monkeypatch, variant):
     """One block row looping over every row tile of dw: db is still summed once, on the first."""
-    monkeypatch.setattr(fused, "MAX_GRID_Y", 1)
+    monkeypatch.setattr(mm, "MAX_GRID_Y", 1)
     inp, d = rand(rng, 9, 13), rand(rng, 9, 5)
-    dw, db = run_weight_grad(lane, inp, d, sim_cfg())
+    dw, db = run_weight_grad(lane, inp, d, variant, RUNGS[variant])
     ref_dw, ref_db = reference.weight_grad(inp, d)
     assert_close(dw, ref_dw, what="dw")
     assert_close(db, ref_db, what="db")
 
 
 @pytest.mark.sim
-def test_weight_grad_is_bitwise_repeatable(lane, rng):
+def test_split_weight_grad_is_bitwise_repeatable(lane, rng):
+    """Split-K's slices, and their column sums, are added in a fixed order: two runs agree to the bit."""
     inp, d = rand(rng, 11, 7), rand(rng, 11, 9) * 30
-    (dw1, db1), (dw2, db2) = (run_weight_grad(lane, inp, d, sim_cfg()) for _ in range(2))
+    (dw1, db1), (dw2, db2) = (run_weight_grad(lane, inp, d, "splitk", RUNGS["splitk"]) for _ in range(2))
     assert np.array_equal(dw1, dw2) and np.array_equal(db1, db2)
 
 
@@ -134,8 +151,8 @@ class Loss:
         dz = lane.to_device(poisoned((self.rows, self.classes)))
         row_loss = lane.to_device(poisoned(self.rows))
         loss = lane.to_device(poisoned(1))
-        fused.linear_softmax_ce(*dev(lane, a, w, b, labels), z, dz, row_loss, loss, self.counters, self.sums,
-                                threads=self.threads, accumulate=self.accumulate)
+        launch = fused.softmax_ce_launch(self.rows, self.classes, self.threads, self.accumulate)
+        launch(*dev(lane, a, w, b, labels), z, dz, row_loss, loss, self.counters, self.sums)
         return {"z": lane.to_host(z), "dz": lane.to_host(dz), "row_loss": lane.to_host(row_loss),
                 "loss": float(lane.to_host(loss)[0])}
 
@@ -273,8 +290,9 @@ def test_linear_softmax_ce_keeps_a_small_loss_beside_huge_logits(lane, rng):
 # --- the training step's five fused launches, chained -------------------------------------------
 
 
-def step_grads(lane, x, labels, params, cfg, threads):
-    """Launches 1-5 of the lean step; returns the loss and the four gradients on the host."""
+def step_grads(lane, x, labels, params, rungs, threads):
+    """Launches 1-5 of the lean step, the matmuls on ``rungs`` (op -> (variant, config)); returns
+    the loss and the four gradients on the host."""
     b_, d_ = x.shape
     h_, c_ = params["W2"].shape
     W1, b1, W2, b2 = dev(lane, params["W1"], params["b1"], params["W2"], params["b2"])
@@ -286,31 +304,48 @@ def step_grads(lane, x, labels, params, cfg, threads):
     dh = lane.to_device(poisoned((b_, h_)))
     grads = {"W1": poisoned((d_, h_)), "b1": poisoned(h_), "W2": poisoned((h_, c_)), "b2": poisoned(c_)}
     g = {k: lane.to_device(v) for k, v in grads.items()}
-    fused.linear_relu(x_d, W1, b1, act, cfg=cfg)
-    fused.linear_softmax_ce(act, W2, b2, labels_d, z, dz, row_loss, loss, counters, sums,
-                            threads=threads, accumulate=True)
-    fused.weight_grad(act, dz, g["W2"], g["b2"], cfg=cfg)
-    fused.linear_backward_relu(dz, W2, act, dh, cfg=cfg)
-    fused.weight_grad(x_d, dh, g["W1"], g["b1"], cfg=cfg)
+
+    def launch(op, a, b, c, e):
+        variant, cfg = rungs[op]
+        ws = mm.new_workspace(cfg, *c.shape)
+        split = () if ws is None else tuple(lane.to_device(x) for x in ws)
+        fused.product_launch(op, variant, cfg, *c.shape)(a, b, c, e, split)
+
+    launch("linear_relu", x_d, W1, act, b1)
+    fused.softmax_ce_launch(b_, c_, threads, True)(act, W2, b2, labels_d, z, dz, row_loss, loss, counters, sums)
+    launch("weight_grad", act, dz, g["W2"], g["b2"])
+    launch("linear_backward_relu", dz, W2, dh, act)
+    launch("weight_grad", x_d, dh, g["W1"], g["b1"])
     assert lane.to_host(counters).tolist() == [1, 0, 0, 0]
     return float(lane.to_host(loss)[0]), {k: lane.to_host(v) for k, v in g.items()}
 
 
-def check_step(lane, rng, b_, d_, h_, c_, cfg, threads):
+def check_step(lane, rng, b_, d_, h_, c_, rungs, threads):
     x = rand(rng, b_, d_)
     labels = rng.integers(0, c_, b_).astype(np.int32)
     params = {"W1": rand(rng, d_, h_) * np.float32(1 / math.sqrt(d_)), "b1": rand(rng, h_) * np.float32(0.1),
               "W2": rand(rng, h_, c_) * np.float32(1 / math.sqrt(h_)), "b2": rand(rng, c_) * np.float32(0.1)}
-    got_loss, got = step_grads(lane, x, labels, params, cfg, threads)
+    got_loss, got = step_grads(lane, x, labels, params, rungs, threads)
     ref_loss, ref = reference.mlp_loss_and_grads(x, labels, params)
     assert abs(got_loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
     for name in ("W1", "b1", "W2", "b2"):
         assert_close(got[name], ref[name], tol=1e-4, what=name)
 
 
+def tuned_rungs(b_, d_, h_, c_):
+    """op -> (variant, config) as the cuda engine picks them on an H100 (132 SMs)."""
+    rungs = {}
+    for op, m, n, k, ta, tb in tuning.step_products(b_, d_, h_, c_)[:3]:  # dW1 shares dW2's op
+        variant, params, _ = tuning.pick(m, n, k, ta, tb, sms=132)
+        rungs[op] = (variant, mm.config(variant, **params))
+    return rungs
+
+
 @pytest.mark.sim
 def test_step_matches_the_reference_gradients(lane, rng):
-    check_step(lane, rng, 5, 7, 6, 10, sim_cfg(), fused.SIM_THREADS)
+    rungs = {"linear_relu": ("splitk", RUNGS["splitk"]), "linear_backward_relu": ("warptile", RUNGS["warptile"]),
+             "weight_grad": ("transposed", RUNGS["transposed"])}
+    check_step(lane, rng, 5, 7, 6, 10, rungs, fused.SIM_THREADS)
 
 
 # --- launch errors ----------------------------------------------------------------------------
@@ -323,51 +358,37 @@ def _z(*shape, dtype=np.float32):
 @pytest.mark.parametrize(
     "call, name",
     [
-        (lambda: fused.linear_relu(_z(3, 4), _z(5, 2), _z(2), _z(3, 2), cfg=sim_cfg()), "w"),
-        (lambda: fused.linear_relu(_z(3, 4), _z(4, 2), _z(3), _z(3, 2), cfg=sim_cfg()), "b"),
-        (lambda: fused.linear_relu(_z(3, 4), _z(4, 2), _z(2), _z(2, 3), cfg=sim_cfg()), "out"),
-        (lambda: fused.linear_backward_relu(_z(3, 2), _z(4, 3), _z(3, 4), _z(3, 4), cfg=sim_cfg()), "w"),
-        (lambda: fused.linear_backward_relu(_z(3, 2), _z(4, 2), _z(4, 3), _z(3, 4), cfg=sim_cfg()), "act"),
-        (lambda: fused.weight_grad(_z(3, 4), _z(2, 5), _z(4, 5), _z(5), cfg=sim_cfg()), "d"),
-        (lambda: fused.weight_grad(_z(3, 4), _z(3, 5), _z(5, 4), _z(5), cfg=sim_cfg()), "dw"),
-        (lambda: fused.weight_grad(_z(3, 4), _z(3, 5), _z(4, 5), _z(4), cfg=sim_cfg()), "db"),
-        (lambda: fused.linear_relu(_z(3, 4), _z(4, 2), _z(2), _z(3, 2), cfg=_ladder_cfg()), "cfg"),
-        (lambda: fused.config(bm=6, tm=4), "tm"),
-        (lambda: fused.config(tile=4), "tile"),
-        (lambda: _ce(threads=3), "threads"),
-        (lambda: _ce(rows=0), "a"),
-        (lambda: _ce(labels=_z(2, dtype=np.int32)), "labels"),
-        (lambda: _ce(counters=_z(3, dtype=np.int32)), "counters"),
-        (lambda: _ce(classes=1025), "w"),
+        (lambda: fused.product_launch("linear_relu", "naive", mm.config("naive"), 3, 2), "variant"),
+        (lambda: fused.product_launch("linear_relu", "splitk", mm.config("blocktile2d"), 3, 2), "cfg"),
+        (lambda: fused.softmax_ce_launch(3, 5, 3, False), "threads"),
+        (lambda: fused.softmax_ce_launch(0, 5, 4, False), "a"),
+        (lambda: fused.softmax_ce_launch(3, 1025, 4, False), "w"),
+        (lambda: fused.softmax_ce_launch(3, 0, 4, False), "w"),
     ],
-    ids=["lr-w", "lr-b", "lr-out", "lbr-w", "lbr-act", "wg-d", "wg-dw", "wg-db", "ladder-cfg", "tm", "tile",
-         "threads", "zero-rows", "labels", "counters", "classes"],
+    ids=["not-tiled", "cfg", "threads", "zero-rows", "classes", "no-classes"],
 )
-def test_bad_arguments_name_the_argument(call, name):
+def test_bad_launch_plans_name_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         call()
 
 
-def test_backward_refuses_out_aliasing_act():
-    act = _z(3, 4)
-    with pytest.raises(ValueError, match="^out"):
-        fused.linear_backward_relu(_z(3, 2), _z(4, 2), act, act, cfg=sim_cfg())
+def test_an_empty_output_has_no_launch():
+    assert fused.product_launch("weight_grad", "splitk", RUNGS["splitk"], 0, 4) is None
 
 
-def _ladder_cfg():
-    from rawgpu.kernels import matmul
-
-    return matmul.config("blocktile2d")
-
-
-def _ce(rows=3, hidden=4, classes=5, threads=4, labels=None, counters=None):
-    return fused.linear_softmax_ce(
-        _z(rows, hidden), _z(hidden, classes), _z(classes),
-        _z(rows, dtype=np.int32) if labels is None else labels,
-        _z(rows, classes), _z(rows, classes), _z(rows), _z(1),
-        _z(4, dtype=np.int32) if counters is None else counters, _z(2, dtype=np.float64),
-        threads=threads, accumulate=False,
-    )
+def test_step_products_are_the_tuner_s_questions():
+    """The four matmuls of a 784-128-10 step at batch 128, as fused.product_shape derives them."""
+    ops = tuning.step_products()
+    assert [op for op, *_ in ops] == ["linear_relu", "weight_grad", "linear_backward_relu", "weight_grad"]
+    assert fused.product_shape("linear_relu", (128, 784), (784, 128)) == (128, 128, 784, False, False)
+    assert fused.product_shape("linear_backward_relu", (128, 10), (128, 10)) == (128, 128, 10, False, True)
+    assert fused.product_shape("weight_grad", (128, 784), (128, 128)) == (784, 128, 128, True, False)
+    for op, m, n, k, ta, tb in ops:
+        variant, params, reason = tuning.pick(m, n, k, ta, tb, sms=132)
+        assert variant in mm.TILED, (op, variant)
+        blocks = math.ceil(m / mm.config(variant, **params).tile_shape[0]) * math.ceil(n / mm.config(variant, **params).tile_shape[1])
+        blocks *= params.get("splits", 1)
+        assert blocks >= 132 or "too short" in reason, (op, blocks, reason)  # fills the GPU, or says why not
 
 
 # --- GPU lane: the network's real shapes at the GPU defaults ------------------------------------
@@ -375,19 +396,19 @@ def _ce(rows=3, hidden=4, classes=5, threads=4, labels=None, counters=None):
 
 @pytest.mark.gpu
 def test_gpu_network_shapes(lane, rng):
-    """B=128, D=784, H=128, C=10 at the default tiles and 256 threads per loss row."""
+    """B=128, D=784, H=128, C=10 on the tuner's rungs and 256 threads per loss row."""
     b_, d_, h_, c_ = 128, 784, 128, 10
-    cfg = fused.config()
+    rungs = tuned_rungs(b_, d_, h_, c_)
     x, w1, b1 = rand(rng, b_, d_), rand(rng, d_, h_), rand(rng, h_)
-    out = lane.to_device(poisoned((b_, h_)))
-    fused.linear_relu(*dev(lane, x, w1, b1), out, cfg=cfg)
-    assert_close(lane.to_host(out), reference.linear_relu(x, w1, b1), what="linear_relu")
+    got, _ = product(lane, "linear_relu", *rungs["linear_relu"], x, w1, b1, (b_, h_))
+    assert_close(got, reference.linear_relu(x, w1, b1), what="linear_relu")
     d, w2, act = rand(rng, b_, c_), rand(rng, h_, c_), np.maximum(rand(rng, b_, h_), 0)
-    out = lane.to_device(poisoned((b_, h_)))
-    fused.linear_backward_relu(*dev(lane, d, w2, act), out, cfg=cfg)
-    assert_close(lane.to_host(out), reference.linear_backward_relu(d, w2, act), what="linear_backward_relu")
+    got, _ = product(lane, "linear_backward_relu", *rungs["linear_backward_relu"], d, w2, act, (b_, h_))
+    assert_close(got, reference.linear_backward_relu(d, w2, act), what="linear_backward_relu")
     for inp, dd in ((x, rand(rng, b_, h_)), (act, d)):  # dW1/db1 (784 x 128) and dW2/db2 (128 x 10)
-        dw, db = run_weight_grad(lane, inp, dd, cfg)
+        m, n, k, ta, tb = fused.product_shape("weight_grad", inp.shape, dd.shape)
+        variant, params, _ = tuning.pick(m, n, k, ta, tb, sms=132)
+        dw, db = run_weight_grad(lane, inp, dd, variant, mm.config(variant, **params))
         ref_dw, ref_db = reference.weight_grad(inp, dd)
         assert_close(dw, ref_dw, what="dw")
         assert_close(db, ref_db, what="db")
@@ -406,7 +427,7 @@ def test_gpu_network_shapes(lane, rng):
 
 @pytest.mark.gpu
 def test_gpu_step_matches_the_reference_gradients(lane, rng, monkeypatch):
-    check_step(lane, rng, 128, 784, 128, 10, fused.config(), fused.THREADS)
+    check_step(lane, rng, 128, 784, 128, 10, tuned_rungs(128, 784, 128, 10), fused.THREADS)
     monkeypatch.setattr(fused, "MAX_ROW_BLOCKS", 7)  # several passes per block, last-block sum
-    monkeypatch.setattr(fused, "MAX_GRID_Y", 2)
-    check_step(lane, rng, 1000, 784, 128, 10, fused.config(), fused.THREADS)
+    monkeypatch.setattr(mm, "MAX_GRID_Y", 2)
+    check_step(lane, rng, 1000, 784, 128, 10, tuned_rungs(1000, 784, 128, 10), fused.THREADS)

@@ -102,7 +102,7 @@ def test_launches_are_worked_out_once_per_shape(sim, rng, monkeypatch):
     from rawgpu.kernels import fused, optimizer
 
     planned = []
-    for module, name in ((fused, "tiled_launch"), (fused, "softmax_ce_launch"), (optimizer, "sgd_launch")):
+    for module, name in ((fused, "product_launch"), (fused, "softmax_ce_launch"), (optimizer, "sgd_launch")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: planned.append(_name) or _real(*a, **k))
     model = rawgpu.TwoLayerMLP(9, 7, 3, seed=1)
@@ -112,11 +112,11 @@ def test_launches_are_worked_out_once_per_shape(sim, rng, monkeypatch):
         model.loss_and_grads(x, y)
         opt.step()
     # Four fused matmuls with four output shapes, the loss, SGD: six plans for three steps.
-    assert sorted(planned) == sorted(["tiled_launch"] * 4 + ["softmax_ce_launch", "sgd_launch"]), planned
+    assert sorted(planned) == sorted(["product_launch"] * 4 + ["softmax_ce_launch", "sgd_launch"]), planned
     x2, y2 = _batch(sim, rng, 4, 9, 3)  # another batch size: the batch-shaped launches again
     model.loss_and_grads(x2, y2)
     opt.step()
-    assert planned[6:] == ["tiled_launch", "softmax_ce_launch", "tiled_launch"], planned
+    assert planned[6:] == ["product_launch", "softmax_ce_launch", "product_launch"], planned
 
 
 @pytest.mark.sim

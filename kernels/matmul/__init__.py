@@ -137,6 +137,28 @@ TILED = ("blocktile1d", "blocktile2d", "transposed", "warptile", "splitk")
 TILED_SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], Tuple(()))"
 
 
+def tiled_launch(variant: str, cfg: MatmulConfig, epilogue: str, trans_a: bool, trans_b: bool, m: int, n: int, stream=0):
+    """The launch of one product on a tiled rung with an epilogue (kernels/matmul/_tiles.py),
+    worked out once for a caller that repeats it (the training step): called as
+    ``launch(a, b, c, e, split)``, with ``split`` ``()``, or for ``splitk`` the
+    ``(ws, counters)`` of :func:`new_workspace`. C is ``m x n``. None when C is empty (nothing to
+    write, and CUDA refuses an empty grid)."""
+    from .._launch import Launch
+    from ._tiles import check_epilogue
+
+    if variant not in TILED:
+        raise ValueError(f"variant: {variant!r} takes no epilogue; choose one of {', '.join(TILED)}")
+    if cfg.variant != variant:
+        raise ValueError(f"cfg: a {cfg.variant!r} config cannot launch variant {variant!r}")
+    check_epilogue(epilogue)
+    if m == 0 or n == 0:
+        return None
+    rows, cols = cfg.tile_shape
+    grid = (-(-n // cols), min(-(-m // rows), MAX_GRID_Y), cfg.params.get("splits", 1))
+    kernel = rung(variant).kernel(bool(trans_a), bool(trans_b), **cfg.params, epilogue=epilogue)
+    return Launch(kernel, grid, cfg.block, stream)
+
+
 def compile_targets() -> list:
     """Every rung x every transpose pair at its GPU default configuration.
 

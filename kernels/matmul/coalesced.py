@@ -27,13 +27,12 @@ if __name__ == "__main__":  # python -m: pick GPU or simulator before numba.cuda
 
 import functools  # noqa: E402
 
-from numba import cuda, float32  # noqa: E402
+from numba import cuda  # noqa: E402
 
 from rawgpu.kernels.matmul._common import launch_2d as launch  # noqa: E402,F401
 from rawgpu.kernels.matmul._common import make_config  # noqa: E402
-
-DEFAULTS = {"block_x": 32, "block_y": 8}  # 256 threads; x along the columns of C
-SIM_PARAMS = {"block_x": 4, "block_y": 2}
+# Rung 1's parameters (256 threads by default), with x now along the columns of C.
+from rawgpu.kernels.matmul.naive import DEFAULTS, SIM_PARAMS, dot_product  # noqa: E402,F401
 
 
 def _geometry(p):
@@ -46,6 +45,8 @@ def config(**params):
 
 @functools.lru_cache(maxsize=None)
 def kernel(trans_a: bool, trans_b: bool, block_x: int, block_y: int):
+    dot = dot_product(trans_a, trans_b)  # a thread's work is rung 1's; only who does which changes
+
     @cuda.jit(cache=True)
     def coalesced(a, b, c):
         m, n = c.shape
@@ -54,12 +55,7 @@ def kernel(trans_a: bool, trans_b: bool, block_x: int, block_y: int):
         if j >= n:
             return
         for i in range(cuda.blockIdx.y * block_y + cuda.threadIdx.y, m, cuda.gridDim.y * block_y):
-            acc = float32(0.0)
-            for k in range(k_len):
-                x = a[k, i] if trans_a else a[i, k]
-                y = b[j, k] if trans_b else b[k, j]
-                acc += x * y
-            c[i, j] = acc
+            c[i, j] = dot(a, b, i, j, k_len)
 
     return coalesced
 

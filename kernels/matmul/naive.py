@@ -47,7 +47,26 @@ def config(**params):
 
 
 @functools.lru_cache(maxsize=None)
+def dot_product(trans_a: bool, trans_b: bool):
+    """``dot(a, b, i, j, k_len)``: ``sum_k op(a)[i, k] * op(b)[k, j]``, one thread's whole job on
+    the first two rungs (``coalesced`` is this rung with its threads turned, and shares it)."""
+
+    @cuda.jit(device=True, inline="always")
+    def dot(a, b, i, j, k_len):
+        acc = float32(0.0)
+        for k in range(k_len):
+            x = a[k, i] if trans_a else a[i, k]
+            y = b[j, k] if trans_b else b[k, j]
+            acc += x * y
+        return acc
+
+    return dot
+
+
+@functools.lru_cache(maxsize=None)
 def kernel(trans_a: bool, trans_b: bool, block_x: int, block_y: int):
+    dot = dot_product(trans_a, trans_b)
+
     @cuda.jit(cache=True)
     def naive(a, b, c):
         m, n = c.shape
@@ -56,12 +75,7 @@ def kernel(trans_a: bool, trans_b: bool, block_x: int, block_y: int):
         if j >= n:
             return
         for i in range(cuda.blockIdx.y * block_x + cuda.threadIdx.x, m, cuda.gridDim.y * block_x):  # x: the row
-            acc = float32(0.0)
-            for k in range(k_len):
-                x = a[k, i] if trans_a else a[i, k]
-                y = b[j, k] if trans_b else b[k, j]
-                acc += x * y
-            c[i, j] = acc
+            c[i, j] = dot(a, b, i, j, k_len)
 
     return naive
 

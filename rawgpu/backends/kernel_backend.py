@@ -34,7 +34,8 @@ LAUNCH = {
         "threads": 256,
         "col_sum": {"threads_x": 32, "threads_y": 8},
         "row_threads_max": 128,
-        "fused": fused.config(),  # the training step's fused matmuls (kernels/fused.py)
+        # The step's matmuls (kernels/fused.py): None, the autotuner's pick per product shape.
+        "step_rungs": None,
         "fused_threads": fused.THREADS,  # the fused output layer + loss, per row
     },
     "sim": {
@@ -52,7 +53,9 @@ LAUNCH = {
         "threads": 32,
         "col_sum": {"threads_x": 8, "threads_y": 4},
         "row_threads_max": 16,
-        "fused": fused.sim_config(),
+        # Fixed rungs for the step in the simulator (the tuner's tiles are a GPU's): split-K and
+        # warp tiles, so that the step's tests run the two most intricate rungs.
+        "step_rungs": {"linear_relu": "splitk", "linear_backward_relu": "warptile", "weight_grad": "splitk"},
         "fused_threads": fused.SIM_THREADS,
     },
 }
@@ -187,6 +190,7 @@ class KernelBackend:
         self._launches: dict = {}  # (plan function, its arguments) -> the Launch: see _launch below
         self._ready: dict = {}  # (plan function, its arguments, the arrays' ids) -> the launch, its arguments bound
         self.matmul_picks: dict = {}  # (m, n, k, trans_a, trans_b) -> (variant, config, reason)
+        self._products: dict = {}  # (op, a's shape, b's shape) -> the step product's plan: see _product
         self._gpu = None
         if simulator:
             self.xp = np
@@ -233,10 +237,8 @@ class KernelBackend:
         else:
             variant, cfg = self.matmul_pick(out.shape[0], out.shape[1], b.shape[1] if trans_b else b.shape[0], trans_a, trans_b)
         v = self.views
-        # split-K's workspace for its partial tiles: allocated once per shape, reused (stream order
-        # keeps one product's sum ahead of the next product's writes).
-        ws_shape = matmul.workspace_shape(cfg, out.shape[0], out.shape[1])
-        workspace = None if ws_shape is None else v(self._buf("matmul_workspace", ws_shape))
+        split = self._split_scratch("matmul", cfg, *out.shape)
+        workspace = tuple(map(v, split)) if split else None
         matmul.matmul(
             v(a), v(b), v(out), trans_a=trans_a, trans_b=trans_b, variant=variant,
             cfg=cfg, stream=self._stream(), workspace=workspace,
@@ -252,6 +254,16 @@ class KernelBackend:
             variant, params, reason = matmul_tuning.pick(*key, gpu=gpu, sms=sms)
             hit = self.matmul_picks[key] = (variant, matmul.config(variant, **params), reason)
         return hit[0], hit[1]
+
+    def _split_scratch(self, tag, cfg, m, n):
+        """split-K's ``(ws, counters)`` for an m x n product at ``cfg`` (``()`` for a rung that
+        does not split), made once per shape and reused: stream order keeps one product's final
+        sums ahead of the next product's partials, and every launch leaves the counters zero."""
+        key = ("split", tag, cfg, m, n)
+        scratch = self._scratch.get(key)
+        if scratch is None:
+            scratch = self._scratch[key] = matmul.new_workspace(cfg, m, n, self.xp) or ()
+        return scratch
 
     def _gpu_identity(self):
         """(device name, SM count) of the current GPU, as the tuning table keys them."""
@@ -301,19 +313,21 @@ class KernelBackend:
     # all that is left is to find this launch and call the kernel. The first call for a shape asks
     # the kernel module for the grid and block (a kernels._launch.Launch), specialises it to the
     # argument types (Numba then skips its per-launch type dispatch) and keeps it. The first call
-    # with given arrays also makes the argument tuple (their views, then the scalars) and keeps it
-    # bound to the launch, found again by the arrays' ids for as long as they live. A step passes
-    # the same arrays every time, so a step's launch is one dict lookup and the call.
+    # with given arrays also makes the argument tuple (their views, then the scalars, then the
+    # launch's own scratch) and keeps it bound to the launch, found again by the arrays' ids for as
+    # long as they live. A step passes the same arrays every time, so a step's launch is one dict
+    # lookup and the call.
 
-    def _launch(self, arrays, plan, *plan_args, scalars=()):
+    def _launch(self, arrays, plan, *plan_args, scalars=(), scratch=()):
         """Launch ``plan(*plan_args)`` (the kernel's shape, configuration and stream) on the engine
-        arrays ``arrays`` followed by ``scalars``."""
+        arrays ``arrays`` followed by ``scalars`` and ``scratch``: the backend's own arguments
+        that ``plan_args`` determine (split-K's workspace), so they are no part of the key."""
         ready = self._ready.get((plan, *plan_args, *scalars, *ids(arrays)))
         if ready is None:
-            ready = self._prepare(arrays, plan, plan_args, scalars)
+            ready = self._prepare(arrays, plan, plan_args, scalars, scratch)
         ready[0]()
 
-    def _prepare(self, arrays, plan, plan_args, scalars):
+    def _prepare(self, arrays, plan, plan_args, scalars, scratch):
         key = (plan, *plan_args, *scalars)
         launch = self._launches.get(key, _UNPLANNED)
         if launch is _UNPLANNED:
@@ -322,19 +336,35 @@ class KernelBackend:
             launch = plan(*plan_args)  # None: an empty output, nothing to launch
             if launch is not None:
                 with quiet_small_grids():  # on a GPU the launch is configured here, once
-                    launch = launch.specialised(*map(self.views, arrays), *scalars)
+                    launch = launch.specialised(*map(self.views, arrays), *scalars, *scratch)
             self._launches[key] = launch
         if len(self._ready) >= 4096:  # a step needs six; this bounds callers that change scalars at every call
             self._ready.clear()
-        bound = _nothing if launch is None else functools.partial(launch, *map(self.views, arrays), *scalars)
+        bound = _nothing if launch is None else functools.partial(launch, *map(self.views, arrays), *scalars, *scratch)
         return keep_while_alive(self._ready, (*key, *ids(arrays)), arrays, bound)
 
-    def _tiled(self, epilogue, a, b, c, e):
-        """One fused matmul ``c = op(a) @ op(b)`` whose epilogue reads or writes ``e``."""
-        self._launch((a, b, c, e), fused.tiled_launch, epilogue, self.settings["fused"], *c.shape, self._stream())
+    def _product(self, op, a, b, c, e):
+        """One of the step's matmuls (kernels/fused.py: ``STEP_PRODUCTS``), ``c = op(a) @ op(b)``
+        through the epilogue that reads or writes ``e``, on the rung picked for its shape."""
+        plan = self._products.get((op, a.shape, b.shape))
+        if plan is None:
+            plan = self._products[(op, a.shape, b.shape)] = self._plan_product(op, a.shape, b.shape)
+        variant, cfg, m, n, split = plan
+        self._launch((a, b, c, e), fused.product_launch, op, variant, cfg, m, n, self._stream(), scratch=(split,))
+
+    def _plan_product(self, op, a_shape, b_shape):
+        """(variant, config, M, N, split-K's views or ()) for one of the step's products."""
+        m, n, k, trans_a, trans_b = fused.product_shape(op, a_shape, b_shape)
+        fixed = self.settings["step_rungs"]
+        if fixed is None:
+            variant, cfg = self.matmul_pick(m, n, k, trans_a, trans_b)
+        else:
+            variant = fixed[op]
+            cfg = self.settings["matmul"][variant]
+        return variant, cfg, m, n, tuple(map(self.views, self._split_scratch(op, cfg, m, n)))
 
     def linear_relu(self, x, w, b, out):
-        self._tiled(fused.BIAS_RELU, x, w, out, b)
+        self._product("linear_relu", x, w, out, b)
 
     def linear_softmax_ce(self, a, w, b, labels, z, dz, stats):
         rows = a.shape[0]
@@ -355,10 +385,10 @@ class KernelBackend:
         return self._scratch["eval_counters"]
 
     def weight_grad(self, inp, d, w_out, b_out):
-        self._tiled(fused.WEIGHT_GRAD, inp, d, w_out, b_out)
+        self._product("weight_grad", inp, d, w_out, b_out)
 
     def linear_backward_relu(self, d, w, act, out):
-        self._tiled(fused.RELU_MASK, d, w, out, act)
+        self._product("linear_backward_relu", d, w, out, act)
 
     def sgd_momentum_(self, param, grad, velocity, settings):
         n = param.size
