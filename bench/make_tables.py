@@ -7,8 +7,8 @@
 Only the text between ``<!-- results:kernels:start -->`` / ``<!-- results:kernels:end -->`` and
 ``<!-- results:train:start -->`` / ``<!-- results:train:end -->`` is replaced. Which runs are
 shown: for the kernels, the newest GPU run (or, if there is none, the newest run without a GPU)
-and the newest simulator run; for training, the newest run that had a GPU and the newest run
-that had none. "Newest" is the ``environment.date`` a run records. Every table names the
+and the newest simulator run; for training, per model (the MLP, then the CNN), the newest run
+that had a GPU and the newest run that had none. "Newest" is the ``environment.date`` a run records. Every table names the
 device, machine, command, date and file it came from.
 """
 
@@ -74,10 +74,11 @@ def pick(runs):
     gpu = _newest(kernels, lambda r: r["mode"] == "gpu")
     host = None if gpu else _newest(kernels, lambda r: r["mode"] == "host")
     sim = _newest(kernels, lambda r: r["mode"] == "sim")
-    train = [r for r in runs if r["bench"] == "train"]
-    t_gpu = _newest(train, _train_had_gpu)
-    t_cpu = _newest(train, lambda r: not _train_had_gpu(r))
-    return [r for r in (gpu, host, sim) if r], [r for r in (t_gpu, t_cpu) if r]
+    train = []
+    for model in ("mlp", "cnn"):  # runs from before --model trained the MLP
+        mine = [r for r in runs if r["bench"] == "train" and r["settings"].get("model", "mlp") == model]
+        train += [_newest(mine, _train_had_gpu), _newest(mine, lambda r: not _train_had_gpu(r))]
+    return [r for r in (gpu, host, sim) if r], [r for r in train if r]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,10 +194,11 @@ def sim_section(run) -> str:
 
 
 def train_section(run) -> str:
-    from train import main_caption, main_table, ratio_line, sweep_table
+    from train import main_caption, main_table, ratio_line, sweep_table, threads_line
 
     headers, rows, notes = main_table(run)
-    out = [provenance(run), "", f"Data: {run['dataset']['source']}.", "", f"Main setting: {main_caption(run)}.", "", markdown_table(headers, rows)]
+    out = [provenance(run), "", f"Data: {run['dataset']['source']}.", "", f"{threads_line(run)}.", "",
+           f"Main setting: {main_caption(run)}.", "", markdown_table(headers, rows)]
     if notes:
         out += [""] + [f"- {n}" for n in notes]
     out += ["", f"**{ratio_line(run)}**"]
