@@ -162,7 +162,7 @@ def kernels_section(run) -> str:
         out += ["", f"The matmuls of one training step of {d}-{h}-{c} at batch {b}, median time (in brackets: % of cuBLAS's speed):", "",
                 markdown_table(headers, rows, left=2)]
     largest = max((r["dims"][0] for r in res if r["group"] == "square" and r["op"] != "matmul"), default=None)
-    ops = [r for r in res if r["op"] != "matmul" and (r["group"] == "mlp" or r["dims"][0] == largest)]
+    ops = [r for r in res if r["op"] != "matmul" and (r["group"] == "mlp" or (r["group"] == "square" and r["dims"][0] == largest))]
     if ops:
         headers = ["op", "case", "shape", "kernel time", "kernel GB/s", "% of copy ceiling", "NumPy time", "NumPy GB/s"]
         rows = []
@@ -173,6 +173,13 @@ def kernels_section(run) -> str:
             case = "square" if r["group"] == "square" else r["label"]
             rows.append([r["op"], case, r["shape"], _cell_time(k), rate(k), pct, _cell_time(hst), rate(hst)])
         out += ["", f"The other ops at the training step's shapes and at {largest} x {largest} (all sizes: the JSON file):", "",
+                markdown_table(headers, rows, left=3)]
+    cnn = [r for r in res if r["group"] == "cnn"]
+    if cnn:
+        headers = ["layer", "op", "shape", "kernel time", "rate", "cuDNN (PyTorch)", "PyTorch CPU", "NumPy (host)"]
+        rows = [[r["label"], r["op"], r["shape"], _cell_time(r["kernels"][0], True), f"{_cell_rate(r['kernels'][0])} {r['unit']}" if r["kernels"][0].get("rate") else "",
+                 _cell_time(r["reference"]), _cell_time(r.get("host_reference")), _cell_time(r["host"])] for r in cnn]
+        out += ["", f"The CNN's conv and max-pool layers at batch {run['settings'].get('cnn_batch')}, median time (in brackets: % of cuDNN's speed):", "",
                 markdown_table(headers, rows, left=3)]
     return "\n".join(out)
 
