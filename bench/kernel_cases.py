@@ -20,12 +20,17 @@ from rawgpu.ops import sgd_settings
 LR, MOMENTUM = 0.01, 0.9  # the SGD step that sgd_momentum_ is checked and timed with
 
 
+#: The CNN's ops; a conv problem's dims are (N, C, H, W, O, K, pad), a pool's its input (N, C, H, W).
+CONV_OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad")
+POOL_OPS = ("maxpool2x2", "maxpool2x2_backward")
+
+
 @dataclass(frozen=True)
 class Problem:
     op: str
-    group: str  # "square" (the size sweep) or "mlp" (a shape training uses)
+    group: str  # "square" (the size sweep), "mlp" or "cnn" (a shape training uses)
     label: str  # "1024", or what the product is in the network, e.g. "fwd x@W1"
-    dims: tuple  # matmul: (m, n, k, trans_a, trans_b); the others: the shape of their main array
+    dims: tuple  # matmul: (m, n, k, trans_a, trans_b); conv: (n, c, h, w, o, k, pad); the others: the shape of their main array
 
     @property
     def shape_text(self) -> str:
@@ -33,6 +38,9 @@ class Problem:
             m, n, k, ta, tb = self.dims
             flags = "".join(f" {f}" for f, on in (("a^T", ta), ("b^T", tb)) if on)
             return f"{m}x{n}x{k}{flags}"
+        if self.op in CONV_OPS:
+            n, c, h, w, o, k, pad = self.dims
+            return f"{n}x{c}x{h}x{w} -> {o}, {k}x{k} pad {pad}"
         return "x".join(map(str, self.dims))
 
 
@@ -55,7 +63,7 @@ class Spec:
         raise NotImplementedError
 
     def outputs(self, dims) -> dict:
-        """name -> shape of each freshly allocated float32 output."""
+        """name -> shape of each freshly allocated float32 output, or -> (shape, dtype) for another type."""
         return {}
 
     def reference(self, x: dict, dims) -> dict:
@@ -220,6 +228,112 @@ class CorrectCount(Spec):
         return r * c, 4 * (r * c + r + 1)
 
 
+# --- the CNN's ops -----------------------------------------------------------------------------
+
+
+class Conv(Spec):
+    """One of a conv layer's three products, each an implicit GEMM on the GPU:
+
+    forward       out (N, O, H', W') = conv(x, w) + b
+    input_grad    dx (N, C, H, W) from dy (N, O, H', W'): a conv of dy with the flipped kernel
+    weight_grad   dw (O, C, K, K) and db (O,) from x and dy: a correlation of x with dy
+    """
+
+    unit = "GFLOP/s"
+
+    def __init__(self, which: str):
+        self.which = which
+
+    @staticmethod
+    def _out_hw(dims):
+        _, _, h, w, _, k, pad = dims
+        return h + 2 * pad - k + 1, w + 2 * pad - k + 1
+
+    def inputs(self, rng, dims):
+        n, c, h, w, o, k, _ = dims
+        ho, wo = self._out_hw(dims)
+        weights = _normal(rng, (o, c, k, k)) / np.float32(np.sqrt(c * k * k))  # outputs of order 1, like a trained layer's
+        if self.which == "forward":
+            return {"x": _normal(rng, (n, c, h, w)), "w": weights, "b": _normal(rng, (o,))}
+        if self.which == "input_grad":
+            return {"dy": _normal(rng, (n, o, ho, wo)), "w": weights}
+        return {"x": _normal(rng, (n, c, h, w)), "dy": _normal(rng, (n, o, ho, wo))}
+
+    def outputs(self, dims):
+        n, c, h, w, o, k, _ = dims
+        if self.which == "forward":
+            return {"out": (n, o, *self._out_hw(dims))}
+        if self.which == "input_grad":
+            return {"dx": (n, c, h, w)}
+        return {"dw": (o, c, k, k), "db": (o,)}
+
+    def reference(self, x, dims):
+        k, pad = dims[5], dims[6]
+        if self.which == "forward":
+            return {"out": reference.conv2d(x["x"], x["w"], x["b"], pad=pad)}
+        if self.which == "input_grad":
+            return {"dx": reference.conv2d_input_grad(x["dy"], x["w"], pad=pad)}
+        dw, db = reference.conv2d_weight_grad(x["x"], x["dy"], k, pad=pad)
+        return {"dw": dw, "db": db}
+
+    def call(self, api, a, out, dims, variant=None):
+        pad = dims[6]
+        if self.which == "forward":
+            api.conv2d(a["x"], a["w"], a["b"], pad=pad, out=out["out"])
+        elif self.which == "input_grad":
+            api.conv2d_input_grad(a["dy"], a["w"], pad=pad, out=out["dx"])
+        else:
+            api.conv2d_weight_grad(a["x"], a["dy"], pad=pad, w_out=out["dw"], b_out=out["db"])
+        return {}
+
+    def work(self, dims):
+        n, c, h, w, o, k, _ = dims
+        ho, wo = self._out_hw(dims)
+        x, y, wt = n * c * h * w, n * o * ho * wo, o * c * k * k
+        # every product is the same GEMM, (N H' W') x O x (C K K); bytes: its operands once each
+        return 2 * n * ho * wo * o * c * k * k, 4 * (x + y + wt + o)
+
+
+class MaxPool(Spec):
+    """2x2 max-pool: forward (out and the int32 argmax of each window) or backward (dx from dy and argmax)."""
+
+    def __init__(self, backward: bool):
+        self.backward = backward
+
+    def inputs(self, rng, dims):
+        x = _normal(rng, dims)
+        if not self.backward:
+            return {"x": x}
+        _, argmax = reference.maxpool2x2(x)  # a real argmax: what the forward pass would pick
+        n, c, h, w = dims
+        return {"dy": _normal(rng, (n, c, h // 2, w // 2)), "argmax": argmax.astype(np.int32)}
+
+    def outputs(self, dims):
+        n, c, h, w = dims
+        if self.backward:
+            return {"dx": dims}
+        return {"out": (n, c, h // 2, w // 2), "argmax": ((n, c, h // 2, w // 2), np.int32)}
+
+    def reference(self, x, dims):
+        if self.backward:
+            return {"dx": reference.maxpool2x2_backward(x["dy"], x["argmax"], dims)}
+        out, argmax = reference.maxpool2x2(x["x"])
+        return {"out": out, "argmax": argmax.astype(np.int32)}
+
+    def call(self, api, a, out, dims, variant=None):
+        if self.backward:
+            api.maxpool2x2_backward(a["dy"], a["argmax"], out=out["dx"])
+        else:
+            api.maxpool2x2(a["x"], out=out["out"], argmax_out=out["argmax"])
+        return {}
+
+    def work(self, dims):
+        n, c, h, w = dims
+        small = n * c * (h // 2) * (w // 2)
+        # forward: read x, write out and argmax; backward: read dy and argmax, write dx
+        return n * c * h * w, 4 * (n * c * h * w + 2 * small)
+
+
 SPECS = {
     "matmul": Matmul,
     "bias_relu": lambda: BiasAct(relu=True),
@@ -229,6 +343,11 @@ SPECS = {
     "softmax_cross_entropy": SoftmaxCE,
     "sgd_momentum_": SgdMomentum,
     "correct_count": CorrectCount,
+    "conv2d": lambda: Conv("forward"),
+    "conv2d_input_grad": lambda: Conv("input_grad"),
+    "conv2d_weight_grad": lambda: Conv("weight_grad"),
+    "maxpool2x2": lambda: MaxPool(backward=False),
+    "maxpool2x2_backward": lambda: MaxPool(backward=True),
 }
 OPS = tuple(SPECS)
 
@@ -243,9 +362,9 @@ def spec_for(problem: Problem) -> Spec:
 
 
 def square_problems(sizes, ops) -> list[Problem]:
-    """Every op at n x n (matmul: n x n x n) for each size n."""
+    """Every op at n x n (matmul: n x n x n) for each size n (the CNN's ops have shapes of their own)."""
     out = []
-    for op in ops:
+    for op in (op for op in ops if op not in CONV_OPS + POOL_OPS):
         for n in sizes:
             dims = (n, n, n, False, False) if op == "matmul" else (n, n)
             out.append(Problem(op, "square", str(n), dims))
@@ -274,6 +393,25 @@ def mlp_problems(batch: int, d: int, h: int, c: int, ops) -> list[Problem]:
         ("correct_count", "accuracy", (batch, c)),
     ]
     return [Problem(op, "mlp", label, dims) for op, label, dims in table if op in ops]
+
+
+def cnn_problems(batch: int, in_shape, channels, ops, k: int = 5, pad: int = 2) -> list[Problem]:
+    """The conv and pool ops of one training step of rawgpu.SmallCNN at batch size ``batch``.
+
+    The seed's network at batch 64: conv 3->32 on 32x32, 32->32 on 16x16, 32->64 on 8x8, all 5x5
+    with padding 2, each followed by a 2x2 max-pool. The first conv's input gradient is not
+    computed in training (nothing needs dL/dx), so it is not a case.
+    """
+    c, h, w = in_shape
+    table = []
+    for i, o in enumerate(channels, start=1):
+        dims = (batch, c, h, w, o, k, pad)
+        table += [("conv2d", f"conv{i} fwd", dims), ("conv2d_weight_grad", f"conv{i} dW, db", dims)]
+        if i > 1:
+            table.append(("conv2d_input_grad", f"conv{i} dx", dims))
+        table += [("maxpool2x2", f"pool{i} fwd", (batch, o, h, w)), ("maxpool2x2_backward", f"pool{i} bwd", (batch, o, h, w))]
+        c, h, w = o, h // 2, w // 2
+    return [Problem(op, "cnn", label, dims) for op, label, dims in table if op in ops]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +461,21 @@ class BackendOps:
             return self.b.correct_count(logits, labels)
         return _device_correct_count(self, logits, labels)
 
+    def conv2d(self, x, w, b, *, pad, out, relu=False):
+        self.b.conv2d(x, w, b, out, pad, relu)
+
+    def conv2d_input_grad(self, dy, w, *, pad, out):
+        self.b.conv2d_input_grad(dy, w, out, pad)
+
+    def conv2d_weight_grad(self, x, dy, *, pad, w_out, b_out):
+        self.b.conv2d_weight_grad(x, dy, w_out, b_out, pad)
+
+    def maxpool2x2(self, x, *, out, argmax_out):
+        self.b.maxpool2x2(x, out, argmax_out)
+
+    def maxpool2x2_backward(self, dy, argmax, *, out):
+        self.b.maxpool2x2_backward(dy, argmax, out)
+
 
 def _device_correct_count(api, logits, labels):
     """correct_count on the GPU without the read-back: the same kernel and launch settings as
@@ -353,3 +506,69 @@ class CublasOps:
         import cupy
 
         cupy.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+
+class TorchOps:
+    """The CNN's references: PyTorch's own ops, on the GPU (cuDNN for the convolutions, TF32 off)
+    or on the CPU, called the way autograd calls them in a training step.
+
+    The arrays arrive as CuPy arrays (wrapped for PyTorch without a copy, through the CUDA array
+    interface) or NumPy arrays (wrapped with ``torch.from_numpy``). PyTorch returns fresh
+    tensors: with ``copy_out`` (the correctness check) they are copied into the outputs; without
+    it (timing) they are dropped, so only the op itself is timed. Its max-pool indices are int64:
+    the int32 argmax is converted once per input array and kept, outside the timing.
+    """
+
+    def __init__(self, device: str, *, copy_out: bool):
+        import torch
+
+        self.torch, self.device, self.copy_out = torch, device, copy_out
+        if device == "cuda":
+            torch.backends.cudnn.allow_tf32 = False
+        self._indices: dict = {}
+
+    def _t(self, arr):
+        torch = self.torch
+        return torch.from_numpy(arr) if isinstance(arr, np.ndarray) else torch.as_tensor(arr, device=self.device)
+
+    def _put(self, out, value):
+        if self.copy_out:
+            self._t(out).copy_(value)
+
+    def _conv_backward(self, dy, x, w, pad, mask):
+        t = self.torch
+        return t.ops.aten.convolution_backward(dy, x, w, [w.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask)
+
+    def conv2d(self, x, w, b, *, pad, out, relu=False):
+        y = self.torch.nn.functional.conv2d(self._t(x), self._t(w), self._t(b), padding=pad)
+        self._put(out, self.torch.relu(y) if relu else y)
+
+    def _placeholder(self, shape, like):
+        """A tensor of ``shape`` where ``like`` lives, made once: the backward ops take the input
+        (or the weights) only for its shape when that gradient is not asked for."""
+        key = ("placeholder", tuple(shape))
+        if key not in self._indices:
+            self._indices[key] = self.torch.empty(tuple(shape), device=self._t(like).device)
+        return self._indices[key]
+
+    def conv2d_input_grad(self, dy, w, *, pad, out):
+        dx, _, _ = self._conv_backward(self._t(dy), self._placeholder(out.shape, dy), self._t(w), pad, [True, False, False])
+        self._put(out, dx)
+
+    def conv2d_weight_grad(self, x, dy, *, pad, w_out, b_out):
+        _, dw, db = self._conv_backward(self._t(dy), self._t(x), self._placeholder(w_out.shape, dy), pad, [False, True, True])
+        self._put(w_out, dw)
+        self._put(b_out, db)
+
+    def maxpool2x2(self, x, *, out, argmax_out):
+        y, idx = self.torch.nn.functional.max_pool2d(self._t(x), 2, return_indices=True)
+        self._put(out, y)
+        self._put(argmax_out, idx)
+
+    def maxpool2x2_backward(self, dy, argmax, *, out):
+        key = id(argmax)
+        if key not in self._indices:  # keep the array too: its id stays its own while it lives
+            self._indices[key] = (argmax, self._t(argmax).long())
+        x_like = self._placeholder(out.shape, dy)
+        dx = self.torch.ops.aten.max_pool2d_with_indices_backward(self._t(dy), x_like, [2, 2], [2, 2], [0, 0], [1, 1], False, self._indices[key][1])
+        self._put(out, dx)

@@ -4,9 +4,10 @@
     python bench/kernels.py --quick --json k.json
     python bench/kernels.py --sim                # no GPU needed: the kernels in the simulator, correctness only
 
-For each problem (an op at a shape: square sizes 128..8192, and the shapes one training step of
-the 784-128-10 network uses) and each implementation (the matmul ladder or the op's kernel on
-the GPU, cuBLAS through CuPy for matmul, NumPy on the host), the output is first checked
+For each problem (an op at a shape: square sizes 128..8192, the shapes one training step of
+the 784-128-10 network uses, and the CNN's conv and max-pool layers at batch 64) and each
+implementation (the matmul ladder or the op's kernel on the GPU; cuBLAS through CuPy for
+matmul, PyTorch for the CNN's ops, cuDNN on the GPU and its CPU ops on the host; NumPy on the host), the output is first checked
 against a float64 NumPy reference on fresh random inputs with the output poisoned (NaN);
 a wrong result stops the run. Then it is timed (see timing.py) and reported as median time,
 spread, GFLOP/s (matmul) or GB/s (the rest), % of the device's measured ceilings and, for
@@ -33,7 +34,9 @@ from common import (  # noqa: E402
     emit, NO_GPU, SCHEMA, BenchError, check_outputs, choice_list, describe_environment, environment, fmt_ms,
     fmt_num, int_list, positive_float, positive_int, require_plotting, seed_int, run_main, save_plot, text_table,
 )
-from kernel_cases import OPS, BackendOps, CublasOps, mlp_problems, spec_for, square_problems  # noqa: E402
+from kernel_cases import (  # noqa: E402
+    OPS, BackendOps, CublasOps, TorchOps, cnn_problems, mlp_problems, spec_for, square_problems,
+)
 
 from rawgpu.kernels.matmul import VARIANTS  # noqa: E402  (the ladder, slow to fast; loads no numba.cuda)
 TOLERANCE = 1e-4  # ||out - ref|| / ||ref||: FP32 lands far below; TF32 (~3e-4) or a wrong element above
@@ -41,15 +44,18 @@ SIM_ONLY = "correctness only (simulator)"
 
 # Sizes per mode. The simulator runs one OS thread per CUDA thread: its shapes must stay tiny,
 # and odd, so the kernels' edge handling is exercised.
+# The CNN's layers: the seed's (3x32x32 images, conv widths 32, 32, 64) at batch 64 on a GPU and
+# the host; in the simulator a narrow network on tiny odd images.
+SEED_CNN = {"cnn_batch": 64, "cnn_image": (3, 32, 32), "cnn_channels": (32, 32, 64)}
 DEFAULTS = {
-    "gpu": {"sizes": [128, 256, 512, 1024, 2048, 4096, 8192], "mlp": [784, 128, 10], "batch": 128},
-    "host": {"sizes": [128, 256, 512, 1024, 2048, 4096, 8192], "mlp": [784, 128, 10], "batch": 128},
-    "sim": {"sizes": [8, 17, 24], "mlp": [20, 12, 5], "batch": 8},
+    "gpu": {"sizes": [128, 256, 512, 1024, 2048, 4096, 8192], "mlp": [784, 128, 10], "batch": 128, **SEED_CNN},
+    "host": {"sizes": [128, 256, 512, 1024, 2048, 4096, 8192], "mlp": [784, 128, 10], "batch": 128, **SEED_CNN},
+    "sim": {"sizes": [8, 17, 24], "mlp": [20, 12, 5], "batch": 8, "cnn_batch": 2, "cnn_image": (3, 8, 9), "cnn_channels": (4, 5, 3)},
 }
 QUICK = {
-    "gpu": {"sizes": [128, 512], "mlp": [784, 128, 10], "batch": 128},
-    "host": {"sizes": [64, 128], "mlp": [784, 128, 10], "batch": 128},
-    "sim": {"sizes": [5], "mlp": [7, 6, 3], "batch": 4},
+    "gpu": {"sizes": [128, 512], "mlp": [784, 128, 10], "batch": 128, **SEED_CNN},
+    "host": {"sizes": [64, 128], "mlp": [784, 128, 10], "batch": 128, **SEED_CNN},
+    "sim": {"sizes": [5], "mlp": [7, 6, 3], "batch": 4, "cnn_batch": 1, "cnn_image": (2, 8, 8), "cnn_channels": (3, 2, 2)},
 }
 # Repetitions: (warm-up, fewest timed runs, most timed runs); runs continue until --budget seconds.
 REPS = {"gpu": (3, 10, 200), "host": (2, 5, 50)}
@@ -69,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int_list, metavar="N,N,...", help="square sizes (default 128..8192; simulator 8,17,24)")
     p.add_argument("--mlp", type=int_list, metavar="D,H,C", help="network whose training shapes are measured (default 784,128,10)")
     p.add_argument("--batch", type=positive_int, help="batch size of those shapes (default 128)")
+    p.add_argument("--cnn-batch", type=positive_int, help="batch size of the CNN's conv and pool shapes (default 64; simulator 2)")
     p.add_argument("--ops", type=choice_list(OPS), metavar="OP,...", default=list(OPS), help=f"ops to run (default all: {', '.join(OPS)})")
     p.add_argument("--variants", type=choice_list(VARIANTS), metavar="V,...", default=list(VARIANTS), help="matmul variants (default all)")
     p.add_argument("--budget", type=positive_float, default=0.3, metavar="SECONDS", help="time spent timing each implementation of a problem (default 0.3)")
@@ -85,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
+def out_type(spec) -> tuple:
+    """(shape, dtype) of an output as a spec gives it: a shape (float32) or (shape, dtype)."""
+    if len(spec) == 2 and isinstance(spec[1], type):
+        return tuple(spec[0]), np.dtype(spec[1])
+    return tuple(spec), np.dtype(np.float32)
+
+
 class Place:
     def __init__(self, xp):
         self.xp = xp
@@ -94,10 +108,13 @@ class Place:
         return self.xp.array(np.ascontiguousarray(host), copy=True)
 
     def empty(self, shape):
-        return self.xp.empty(shape, dtype=np.float32)
+        shape, dtype = out_type(shape)
+        return self.xp.empty(shape, dtype=dtype)
 
     def poisoned(self, shape):
-        return self.xp.full(shape, np.nan, dtype=np.float32)
+        """NaN in a float output, -1 in an integer one (no index is negative)."""
+        shape, dtype = out_type(shape)
+        return self.xp.full(shape, np.nan if np.issubdtype(dtype, np.floating) else -1, dtype=dtype)
 
     def get(self, x):
         if self.device and hasattr(x, "get"):
@@ -135,6 +152,11 @@ def check(name, problem, spec, ref, api, place, variant=None) -> dict:
     where = f"{name} on {problem.op} {problem.shape_text} ({problem.label})"
     for key, want in expected.items():
         have = np.asarray(place.get(got[key]))
+        if np.issubdtype(np.asarray(want).dtype, np.integer) and np.ndim(want):  # indices: every one exact
+            wrong = int(np.count_nonzero(have != want)) if have.shape == np.shape(want) else -1
+            if wrong:
+                raise BenchError(f"{where}: WRONG {key}: {'shape ' + str(have.shape) if wrong < 0 else f'{wrong} index(es) differ'}")
+            continue
         if np.issubdtype(np.asarray(want).dtype, np.integer):
             if int(have.reshape(-1)[0]) != int(want):
                 raise BenchError(f"{where}: WRONG {key}: got {int(have.reshape(-1)[0])}, expected {int(want)}")
@@ -156,7 +178,7 @@ def check(name, problem, spec, ref, api, place, variant=None) -> dict:
 def input_sets(problem, spec, place, rng, cache_bytes, cap_bytes):
     """Enough independent input/output sets that, cycled through, they outgrow the cache."""
     sample = spec.inputs(rng, problem.dims)
-    set_bytes = sum(a.nbytes for a in sample.values()) + sum(4 * math.prod(s) for s in spec.outputs(problem.dims).values())
+    set_bytes = sum(a.nbytes for a in sample.values()) + sum(4 * math.prod(out_type(s)[0]) for s in spec.outputs(problem.dims).values())
     n = min(8, max(2, math.ceil(2 * cache_bytes / set_bytes)))
     while n > 1 and n * set_bytes > cap_bytes:
         n -= 1
@@ -181,6 +203,17 @@ def timed(problem, spec, api, place, rng, timer, ctx, variant=None) -> dict:
 
 def entry(name, status, chk=None, timing=None) -> dict:
     return {"name": name, "status": status, "check": chk, "timing": timing, "rate": None, "pct_of_ceiling": None, "pct_of_reference": None}
+
+
+def torch_unavailable(device: str) -> str | None:
+    """Why PyTorch cannot be the CNN's reference on ``device`` here, or None when it can."""
+    try:
+        import torch
+    except ImportError:
+        return "no PyTorch (pip install torch)"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "PyTorch sees no CUDA device"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +247,14 @@ class Context:
             from rawgpu.backends.numpy_backend import NumpyBackend
 
             self.host_api = BackendOps(NumpyBackend())
+        self.torch_threads = None
+        if mode != "sim" and torch_unavailable("cpu") is None:
+            import torch
+
+            from common import numpy_threads
+
+            torch.set_num_threads(numpy_threads()["threads"])  # PyTorch's CPU ops get as many threads as NumPy's BLAS
+            self.torch_threads = torch.get_num_threads()
 
     def cache_bytes(self, place):
         return self.gpu_timer.l2_bytes if place.device else HOST_CACHE_BYTES
@@ -262,7 +303,7 @@ def run_problem(problem, ctx) -> dict:
     rec = {
         "op": problem.op, "group": problem.group, "label": problem.label, "shape": problem.shape_text,
         "dims": list(problem.dims), "flops": flops, "bytes": nbytes, "unit": spec.unit,
-        "kernels": [], "reference": None, "host": None,
+        "kernels": [], "reference": None, "host": None, "host_reference": None,
     }
     names = ctx.args.variants if problem.op == "matmul" else ["kernel"]
     for name in names:
@@ -287,13 +328,37 @@ def run_problem(problem, ctx) -> dict:
             rec["reference"] = entry(name, "ok", chk, timed(problem, spec, api, ctx.place, ctx.rng, ctx.gpu_timer.time, ctx))
         elif ctx.mode == "host":
             rec["reference"] = entry(name, NO_GPU)
+    if problem.group == "cnn":
+        rec["reference"], rec["host_reference"] = run_torch(problem, spec, ref, ctx)
 
     rec["host"] = run_host(problem, spec, ref, ctx)
-    for e in rec["kernels"] + [rec["reference"], rec["host"]]:
+    for e in rec["kernels"] + [rec["reference"], rec["host"], rec.get("host_reference")]:
         if e and e["timing"]:
             e["rate"] = work / (e["timing"]["ms"]["median"] / 1e3) / 1e9
     _percentages(rec, ctx.ceilings)
     return rec
+
+
+def run_torch(problem, spec, ref, ctx):
+    """The CNN op's references: (PyTorch on the GPU, with cuDNN's convolutions; PyTorch on the
+    host CPU, as many threads as NumPy's BLAS). Either is an entry saying why where it cannot run."""
+    if ctx.mode == "sim":
+        return None, None
+    from timing import host_time
+
+    if ctx.mode == "gpu":
+        why = torch_unavailable("cuda")
+        gpu = entry("PyTorch (cuDNN)", why) if why else entry(
+            "PyTorch (cuDNN)", "ok", check("PyTorch (cuDNN)", problem, spec, ref, TorchOps("cuda", copy_out=True), ctx.place),
+            timed(problem, spec, TorchOps("cuda", copy_out=False), ctx.place, ctx.rng, ctx.gpu_timer.time, ctx))
+    else:
+        gpu = entry("PyTorch (cuDNN)", NO_GPU)
+    why = torch_unavailable("cpu")
+    if why:
+        return gpu, entry("PyTorch CPU", why)
+    place = Place(np)
+    chk = check("PyTorch CPU", problem, spec, ref, TorchOps("cpu", copy_out=True), place)
+    return gpu, entry("PyTorch CPU", "ok", chk, timed(problem, spec, TorchOps("cpu", copy_out=False), place, ctx.rng, host_time, ctx))
 
 
 def run_host(problem, spec, ref, ctx):
@@ -378,7 +443,7 @@ def print_results(result) -> None:
     headers = ["op", "case", "shape", "impl"] + (["check (rel. error)"] if sim else ["median", "p10..p90", "rate", "% ceiling", "% cuBLAS", "regs / occupancy"])
     rows = []
     for rec in result["results"]:
-        entries = [e for e in rec["kernels"] + [rec["reference"], rec["host"]] if e is not None]
+        entries = [e for e in rec["kernels"] + [rec["reference"], rec.get("host_reference"), rec["host"]] if e is not None]
         missing = [e["name"] for e in entries if e["status"] == NO_GPU]
         if missing:  # one line for all the GPU implementations that could not run
             entries = [{"name": ", ".join(missing), "status": NO_GPU, "timing": None, "check": None}] + [e for e in entries if e["status"] != NO_GPU]
@@ -467,6 +532,7 @@ def main(argv=None) -> int:
     if len(mlp) != 3:
         raise BenchError(f"--mlp takes three numbers D,H,C (inputs, hidden, classes), got {len(mlp)}")
     batch = args.batch or defaults["batch"]
+    cnn_batch = args.cnn_batch or defaults["cnn_batch"]
 
     ctx = Context(args, mode)  # picks the engine: the simulator must be switched on before anything else loads numba.cuda
     env = environment()
@@ -480,7 +546,8 @@ def main(argv=None) -> int:
         print("measuring the device's ceilings ...", file=sys.stderr)
         ctx.ceilings = measure_ceilings(ctx)
 
-    problems = square_problems(sizes, args.ops) + mlp_problems(batch, *mlp, args.ops)
+    problems = (square_problems(sizes, args.ops) + mlp_problems(batch, *mlp, args.ops)
+                + cnn_problems(cnn_batch, defaults["cnn_image"], defaults["cnn_channels"], args.ops))
     results = []
     for i, problem in enumerate(problems, 1):
         print(f"[{i}/{len(problems)}] {problem.op} {problem.shape_text} ({problem.label})", file=sys.stderr, flush=True)
@@ -501,7 +568,8 @@ def main(argv=None) -> int:
         "mode_note": notes[mode],
         "environment": env,
         "settings": {
-            "sizes": sizes, "mlp": mlp, "batch": batch, "ops": args.ops, "variants": args.variants,
+            "sizes": sizes, "mlp": mlp, "batch": batch, "ops": args.ops, "cnn_batch": cnn_batch,
+            "cnn_image": list(defaults["cnn_image"]), "cnn_channels": list(defaults["cnn_channels"]), "torch_threads": ctx.torch_threads, "variants": args.variants,
             "quick": args.quick, "budget_s": args.budget, "host_max_size": args.host_max_size, "seed": args.seed,
             "tolerance": TOLERANCE, "reps": {k: dict(zip(("warmup", "min", "max"), v)) for k, v in ctx.reps.items()},
             "cupy_tf32": os.environ.get("CUPY_TF32"),

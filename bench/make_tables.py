@@ -7,8 +7,8 @@
 Only the text between ``<!-- results:kernels:start -->`` / ``<!-- results:kernels:end -->`` and
 ``<!-- results:train:start -->`` / ``<!-- results:train:end -->`` is replaced. Which runs are
 shown: for the kernels, the newest GPU run (or, if there is none, the newest run without a GPU)
-and the newest simulator run; for training, the newest run that had a GPU and the newest run
-that had none. "Newest" is the ``environment.date`` a run records. Every table names the
+and the newest simulator run; for training, per model (the MLP, then the CNN), the newest run
+that had a GPU and the newest run that had none. "Newest" is the ``environment.date`` a run records. Every table names the
 device, machine, command, date and file it came from.
 """
 
@@ -74,10 +74,11 @@ def pick(runs):
     gpu = _newest(kernels, lambda r: r["mode"] == "gpu")
     host = None if gpu else _newest(kernels, lambda r: r["mode"] == "host")
     sim = _newest(kernels, lambda r: r["mode"] == "sim")
-    train = [r for r in runs if r["bench"] == "train"]
-    t_gpu = _newest(train, _train_had_gpu)
-    t_cpu = _newest(train, lambda r: not _train_had_gpu(r))
-    return [r for r in (gpu, host, sim) if r], [r for r in (t_gpu, t_cpu) if r]
+    train = []
+    for model in ("mlp", "cnn"):  # runs from before --model trained the MLP
+        mine = [r for r in runs if r["bench"] == "train" and r["settings"].get("model", "mlp") == model]
+        train += [_newest(mine, _train_had_gpu), _newest(mine, lambda r: not _train_had_gpu(r))]
+    return [r for r in (gpu, host, sim) if r], [r for r in train if r]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def kernels_section(run) -> str:
         out += ["", f"The matmuls of one training step of {d}-{h}-{c} at batch {b}, median time (in brackets: % of cuBLAS's speed):", "",
                 markdown_table(headers, rows, left=2)]
     largest = max((r["dims"][0] for r in res if r["group"] == "square" and r["op"] != "matmul"), default=None)
-    ops = [r for r in res if r["op"] != "matmul" and (r["group"] == "mlp" or r["dims"][0] == largest)]
+    ops = [r for r in res if r["op"] != "matmul" and (r["group"] == "mlp" or (r["group"] == "square" and r["dims"][0] == largest))]
     if ops:
         headers = ["op", "case", "shape", "kernel time", "kernel GB/s", "% of copy ceiling", "NumPy time", "NumPy GB/s"]
         rows = []
@@ -172,6 +173,13 @@ def kernels_section(run) -> str:
             case = "square" if r["group"] == "square" else r["label"]
             rows.append([r["op"], case, r["shape"], _cell_time(k), rate(k), pct, _cell_time(hst), rate(hst)])
         out += ["", f"The other ops at the training step's shapes and at {largest} x {largest} (all sizes: the JSON file):", "",
+                markdown_table(headers, rows, left=3)]
+    cnn = [r for r in res if r["group"] == "cnn"]
+    if cnn:
+        headers = ["layer", "op", "shape", "kernel time", "rate", "cuDNN (PyTorch)", "PyTorch CPU", "NumPy (host)"]
+        rows = [[r["label"], r["op"], r["shape"], _cell_time(r["kernels"][0], True), f"{_cell_rate(r['kernels'][0])} {r['unit']}" if r["kernels"][0].get("rate") else "",
+                 _cell_time(r["reference"]), _cell_time(r.get("host_reference")), _cell_time(r["host"])] for r in cnn]
+        out += ["", f"The CNN's conv and max-pool layers at batch {run['settings'].get('cnn_batch')}, median time (in brackets: % of cuDNN's speed):", "",
                 markdown_table(headers, rows, left=3)]
     return "\n".join(out)
 
@@ -193,10 +201,11 @@ def sim_section(run) -> str:
 
 
 def train_section(run) -> str:
-    from train import main_caption, main_table, ratio_line, sweep_table
+    from train import main_caption, main_table, ratio_line, sweep_table, threads_line
 
     headers, rows, notes = main_table(run)
-    out = [provenance(run), "", f"Data: {run['dataset']['source']}.", "", f"Main setting: {main_caption(run)}.", "", markdown_table(headers, rows)]
+    out = [provenance(run), "", f"Data: {run['dataset']['source']}.", "", f"{threads_line(run)}.", "",
+           f"Main setting: {main_caption(run)}.", "", markdown_table(headers, rows)]
     if notes:
         out += [""] + [f"- {n}" for n in notes]
     out += ["", f"**{ratio_line(run)}**"]

@@ -3,10 +3,13 @@
     python bench/train.py                         # Fashion-MNIST, 784-128-10, batch 128, plus the sweeps
     python bench/train.py --quick --json t.json   # the bundled sample, tiny sweeps: a smoke test
     python bench/train.py --systems rawgpu-numpy,torch-cpu --no-sweep
+    python bench/train.py --model cnn             # the CIFAR-10 example's CNN, batch 64, on 10,000 Fashion-MNIST images
+    python bench/train.py --model cnn --dataset cifar10 --data-dir DIR --limit-train 0   # all of CIFAR-10
 
-Each system trains the same network from the same initial weights (see train_systems.py) for
-``--epochs`` epochs at the main setting (hidden 128, batch 128) and ``--sweep-epochs`` at every
-point of a sweep of the hidden size and of the batch size. Reported per run: the first epoch
+Each system trains the same network from the same initial weights and on the same batches (see
+train_systems.py) for ``--epochs`` epochs at the main setting (MLP: hidden 128, batch 128; CNN:
+rawgpu.SmallCNN, hidden 64, batch 64) and ``--sweep-epochs`` at every point of a sweep of the
+hidden size and of the batch size (the MLP's default; the CNN sweeps only when asked). Reported per run: the first epoch
 (warm-up) apart, the median epoch time over the rest with its spread, the final test accuracy,
 and the time per step; on a GPU the step is split into kernel time and overhead. Systems that
 cannot run here (no GPU, no PyTorch) are listed with the reason, never estimated.
@@ -22,37 +25,58 @@ os.environ.setdefault("CUPY_TF32", "0")  # before CuPy loads: FP32 products stay
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from common import (  # noqa: E402
     emit, SCHEMA, BenchError, check_outputs, choice_list, describe_environment, environment, fmt_ms, int_list,
     positive_int, require_plotting, run_main, save_plot, seed_int, text_table,
 )
 from train_systems import (  # noqa: E402
-    LR, MOMENTUM, SYSTEMS, TorchRun, run_rawgpu, split_rawgpu_step, summarize_epochs, torch_threads, unavailable,
+    LR, MOMENTUM, SYSTEMS, Net, TorchRun, run_rawgpu, split_rawgpu_step, summarize_epochs, torch_threads, unavailable,
 )
 
-DATASETS = ("fashion-mnist", "mnist", "sample")
-FULL = {"epochs": 5, "sweep_epochs": 3, "hidden_sweep": [128, 256, 512, 1024, 2048, 4096],
-        "batch_sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096], "profile_steps": 50, "dataset": "fashion-mnist"}
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "sample")
+MODELS = ("mlp", "cnn")
+#: Per model: the main setting, the sweeps, and how much of the data set an epoch sees. The
+#: NumPy CNN takes about a minute per 10,000 images on two cores (74 MFLOP per CIFAR-10 training
+#: image), so its default run trains on the first 10,000 images, and --quick on 256.
+FULL = {
+    "mlp": {"epochs": 5, "sweep_epochs": 3, "hidden_sweep": [128, 256, 512, 1024, 2048, 4096],
+            "batch_sweep": [32, 64, 128, 256, 512, 1024, 2048, 4096], "profile_steps": 50, "dataset": "fashion-mnist",
+            "hidden": 128, "batch_size": 128, "limit_train": None, "limit_test": None},
+    "cnn": {"epochs": 3, "sweep_epochs": 2, "hidden_sweep": [], "batch_sweep": [], "profile_steps": 20, "dataset": "fashion-mnist",
+            "hidden": 64, "batch_size": 64, "limit_train": 10_000, "limit_test": 2_000},
+}
 #: Timed epochs of one run that differ by more than this factor (max / min) mean the machine was
 #: busy with other work: the run is marked in the tables and a warning printed.
 WIDE_SPREAD = 1.5
-QUICK = {"epochs": 2, "sweep_epochs": 2, "hidden_sweep": [32, 128], "batch_sweep": [64, 128],
-         "profile_steps": 5, "dataset": "sample"}
+QUICK = {
+    "mlp": {"epochs": 2, "sweep_epochs": 2, "hidden_sweep": [32, 128], "batch_sweep": [64, 128], "profile_steps": 5, "dataset": "sample",
+            "hidden": 128, "batch_size": 128, "limit_train": None, "limit_test": None},
+    "cnn": {"epochs": 2, "sweep_epochs": 2, "hidden_sweep": [], "batch_sweep": [], "profile_steps": 3, "dataset": "sample",
+            "hidden": 64, "batch_size": 64, "limit_train": 256, "limit_test": 256},
+}
+SETTINGS = tuple(FULL["mlp"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/train.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="the bundled sample, 2 epochs, tiny sweeps: a smoke test")
+    p.add_argument("--quick", action="store_true", help="the bundled sample, 2 epochs, tiny sweeps (CNN: 256 images): a smoke test")
+    p.add_argument("--model", choices=MODELS, default="mlp", help="the network: mlp (D-H-C, the default) or cnn (rawgpu.SmallCNN)")
+    p.add_argument("--activation", choices=("none", "relu"), default="none", help="--model cnn only: none (the seed's network, default) or relu")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (fields: bench/README.md)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG: epoch time against hidden size and batch size (needs matplotlib)")
     p.add_argument("--dataset", choices=DATASETS, help="default fashion-mnist (--quick: sample)")
+    p.add_argument("--data-dir", metavar="DIR", help="load --dataset from this folder: the four IDX files, or CIFAR-10's binary batches or archive")
+    p.add_argument("--limit-train", type=seed_int, metavar="N", help="train on the first N images, 0 for all (default all; CNN 10000, --quick 256)")
+    p.add_argument("--limit-test", type=seed_int, metavar="N", help="evaluate on the first N images, 0 for all (default all; CNN 2000, --quick 256)")
     p.add_argument("--systems", type=choice_list(SYSTEMS), metavar="S,...", default=list(SYSTEMS), help=f"default all: {', '.join(SYSTEMS)}")
     p.add_argument("--epochs", type=positive_int, help="epochs at the main setting (default 5; the first is warm-up)")
     p.add_argument("--sweep-epochs", type=positive_int, help="epochs at each sweep point (default 3)")
-    p.add_argument("--hidden", type=positive_int, default=128, help="hidden units at the main setting (default 128)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size at the main setting (default 128)")
-    p.add_argument("--hidden-sweep", type=int_list, metavar="H,...", help="hidden sizes (at the main batch size); default 128..4096")
-    p.add_argument("--batch-sweep", type=int_list, metavar="B,...", help="batch sizes (at the main hidden size); default 32..4096")
+    p.add_argument("--hidden", type=positive_int, help="hidden units at the main setting (default 128; CNN 64)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size at the main setting (default 128; CNN 64)")
+    p.add_argument("--hidden-sweep", type=int_list, metavar="H,...", help="hidden sizes (at the main batch size); default 128..4096 (CNN: none)")
+    p.add_argument("--batch-sweep", type=int_list, metavar="B,...", help="batch sizes (at the main hidden size); default 32..4096 (CNN: none)")
     p.add_argument("--no-sweep", action="store_true", help="only the main setting")
     p.add_argument("--profile-steps", type=int, metavar="N", help="steps timed to split a GPU step into kernels and overhead (0: off)")
     p.add_argument("--seed", type=seed_int, default=0, help="initial weights and shuffling (default 0)")
@@ -60,14 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args) -> dict:
-    base = QUICK if args.quick else FULL
+    base = (QUICK if args.quick else FULL)[args.model]
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else base[name]  # noqa: E731
-    s = {name: pick(name) for name in ("epochs", "sweep_epochs", "hidden_sweep", "batch_sweep", "profile_steps", "dataset")}
+    s = {name: pick(name) for name in SETTINGS}
+    for name in ("limit_train", "limit_test"):  # 0 on the command line: all the images (None)
+        s[name] = s[name] or None
     if s["profile_steps"] < 0:
         raise BenchError(f"--profile-steps must be >= 0, got {s['profile_steps']}")
+    if args.model == "mlp" and args.activation != "none":
+        raise BenchError("--activation applies to --model cnn; the MLP always has its ReLU")
     if args.no_sweep:
         s["hidden_sweep"], s["batch_sweep"] = [], []
-    s.update(hidden=args.hidden, batch_size=args.batch_size, systems=args.systems, seed=args.seed, quick=args.quick, lr=LR, momentum=MOMENTUM)
+    s.update(model=args.model, activation=args.activation, data_dir=args.data_dir, systems=args.systems, seed=args.seed,
+             quick=args.quick, lr=LR, momentum=MOMENTUM)
     return s
 
 
@@ -82,11 +111,28 @@ def plan(s) -> list[dict]:
             for (h, b), roles in points.items()]
 
 
-def load_data(name: str):
+def load_data(s):
+    """The data set of the settings, cut to ``limit_train`` / ``limit_test`` images (None: all)."""
     from rawgpu import data
 
-    ds = data.load(name, progress=False)
-    return ds
+    if s["data_dir"] is not None:  # a folder the user named: IDX files or CIFAR-10, as rawgpu train reads it
+        ds = data.load(s["dataset"], data_dir=s["data_dir"])
+    else:
+        ds = data.load(s["dataset"], progress=False)
+    return ds.first(s["limit_train"], s["limit_test"])
+
+
+def dataset_record(ds, s) -> dict:
+    """What the runs trained on; for the CNN also the image shape and its linear layer's input."""
+    record = {"name": s["dataset"], "source": ds.source, "train": int(len(ds.train_labels)), "test": int(len(ds.test_labels)),
+              "classes": int(ds.num_classes), "input_features": int(ds.train_images[0].size)}
+    if s["model"] == "cnn":
+        from rawgpu.cnn import CHANNELS, image_shape, stage_shapes
+
+        shape = image_shape(np.shape(ds.train_images)[1:])
+        c, h, w = stage_shapes(shape, CHANNELS)[-1]
+        record.update(image_shape=list(shape), flat_features=c * (h // 2) * (w // 2))
+    return record
 
 
 def run_one(system: str, point: dict, ds, s, why) -> dict:
@@ -94,14 +140,15 @@ def run_one(system: str, point: dict, ds, s, why) -> dict:
     run = {"system": system, "hidden": point["hidden"], "batch": point["batch"], "roles": point["roles"], "epochs_run": point["epochs"]}
     if why:
         return {**run, "status": why[0], "reason": why[1]}
-    h, b, e, seed = point["hidden"], point["batch"], point["epochs"], s["seed"]
+    net = Net(s["model"], point["hidden"], s["activation"])
+    b, e, seed = point["batch"], point["epochs"], s["seed"]
     split = None
     if system.startswith("rawgpu"):
-        records = run_rawgpu(system.split("-")[1], ds, h, b, e, seed)
+        records = run_rawgpu(system.split("-")[1], ds, net, b, e, seed)
         if system == "rawgpu-cuda" and s["profile_steps"]:
-            split = split_rawgpu_step(ds, h, b, seed, s["profile_steps"])
+            split = split_rawgpu_step(ds, net, b, seed, s["profile_steps"])
     else:
-        trainer = TorchRun("cuda" if system == "torch-cuda" else "cpu", ds, h, b, seed)
+        trainer = TorchRun("cuda" if system == "torch-cuda" else "cpu", ds, net, b, seed)
         records = trainer.epochs(e)
         if s["profile_steps"]:
             split = trainer.split_step(s["profile_steps"])
@@ -169,31 +216,54 @@ def main_table(result):
     rows, notes = [], []
     for r in (r for r in result["runs"] if "main" in r["roles"]):
         if r["status"] != "ok":
-            rows.append([r["system"], r["status"], "", "", "", "", ""])
+            rows.append([r["system"], r["status"], "", "", "", "", "", ""])
             notes.append(f"{r['system']}: {r['status']}: {r['reason']}")
             continue
         sp, e = r["step_split"], r["epoch_s"]
         rows.append([
-            r["system"], f"{r['median_epoch_s']:.3g} s", f"{e['min']:.3g}..{e['max']:.3g} s (n={e['n']}){_busy(r)}", f"{r['first_epoch_s']:.3g} s",
+            r["system"], f"{r['median_epoch_s']:.3g} s", f"{r['samples_per_s']:,.0f}", f"{e['min']:.3g}..{e['max']:.3g} s (n={e['n']}){_busy(r)}",
+            f"{r['first_epoch_s']:.3g} s",
             f"{r['final_test_accuracy']:.4f}", fmt_ms(r["step_ms"]),
             f"{fmt_ms(sp['kernel_ms']['median'])} + {fmt_ms(sp['overhead_ms'])}" if sp else "-",
         ])
     busy = busy_note(result)
     if busy:
         notes.append(busy)
-    headers = ["system", "epoch (median)", "range of timed epochs", "first epoch", "test accuracy", "time per step", "step: kernels + overhead"]
+    headers = ["system", "epoch (median)", "samples/s", "range of timed epochs", "first epoch", "test accuracy", "time per step", "step: kernels + overhead"]
     return headers, rows, notes
+
+
+def network_name(result) -> str:
+    """``784-128-10``, or ``CNN on 1x28x28 (conv 32-32-64, linear 576-64-10, no activation)``."""
+    s, d = result["settings"], result["dataset"]
+    if s.get("model", "mlp") != "cnn":
+        return f"{d['input_features']}-{s['hidden']}-{d['classes']}"
+    c, h, w = d["image_shape"]
+    act = "ReLUs" if s["activation"] == "relu" else "no activation"
+    return f"CNN on {c}x{h}x{w} images (conv 5x5 32-32-64 + 2x2 max-pool, linear {d['flat_features']}-{s['hidden']}-{d['classes']}, {act})"
 
 
 def main_caption(result) -> str:
     s = result["settings"]
-    return (f"{result['dataset']['input_features']}-{s['hidden']}-{result['dataset']['classes']}, batch {s['batch_size']}, "
+    return (f"{network_name(result)}, batch {s['batch_size']}, "
             f"{s['epochs']} epochs (the first is warm-up: shown apart, not in the median)")
+
+
+def threads_line(result) -> str:
+    """How many threads each CPU system had: PyTorch is given as many as NumPy's BLAS uses."""
+    nt, tt = result["environment"]["numpy_threads"], result["settings"].get("torch_threads")
+    torch_part = f"PyTorch {tt['intra_op']} intra-op (set to match)" if tt else "PyTorch not run"
+    return f"CPU threads: NumPy's BLAS {nt['threads']} ({nt['how']}), {torch_part}"
+
+
+#: Issue 15's goal for the CNN: the NumPy epoch within this factor of PyTorch CPU's.
+CNN_NUMPY_GOAL = 1.5
 
 
 def ratio_line(result) -> str:
     m = result["main_ratios"]
-    return (f"epoch-time ratio rawgpu-numpy / torch-cpu: {_ratio(m['numpy_over_torch_cpu'])}; "
+    goal = f" (goal: <= {CNN_NUMPY_GOAL})" if result["settings"].get("model") == "cnn" else ""
+    return (f"epoch-time ratio rawgpu-numpy / torch-cpu: {_ratio(m['numpy_over_torch_cpu'])}{goal}; "
             f"rawgpu-cuda / torch-cuda: {_ratio(m['cuda_over_torch_cuda'])}")
 
 
@@ -204,6 +274,7 @@ def print_results(result) -> None:
         print(f"load average (1 min): {load['before'][0]} before the runs, {load['after'][0]} after")
     d = result["dataset"]
     print(f"data: {d['source']}")
+    print(threads_line(result))
     headers, rows, notes = main_table(result)
     print(f"\nmain setting: {main_caption(result)}")
     print(text_table(headers, rows))
@@ -271,7 +342,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_outputs(args)
     s = settings_from(args)
-    ds = load_data(s["dataset"])
+    ds = load_data(s)
     env = environment()
     from common import numpy_threads
 
@@ -296,10 +367,7 @@ def main(argv=None) -> int:
         "bench": "train",
         "schema": SCHEMA,
         "environment": env,
-        "dataset": {
-            "name": s["dataset"], "source": ds.source, "train": int(len(ds.train_labels)), "test": int(len(ds.test_labels)),
-            "classes": int(ds.num_classes), "input_features": int(ds.train_images[0].size),
-        },
+        "dataset": dataset_record(ds, s),
         "settings": s,
         "runs": runs,
         "ratios": all_ratios,

@@ -1,17 +1,20 @@
 """The systems ``bench/train.py`` compares, each training the same network the same way.
 
-Every system trains ``D-H-C`` (Linear, ReLU, Linear) with mean cross-entropy and SGD (learning
-rate 0.01, momentum 0.9), on inputs scaled to ``(x/255 - 0.5)/0.5``, reshuffled every epoch,
-starting from the same initial weights (rawgpu's, drawn from the seed). The whole data set sits
-on the system's device before the first epoch, and an epoch's clock covers its training steps
-only: the shuffle before it and the test evaluation after it are outside, as in rawgpu's
-trainer. Each runner returns one record per epoch: ``seconds``, ``train_loss``,
-``test_accuracy``.
+Every system trains the same network, ``--model mlp`` (``D-H-C``: Linear, ReLU, Linear) or
+``--model cnn`` (rawgpu.SmallCNN: three 5x5 conv + 2x2 max-pool stages, two linear layers, with
+or without ReLUs), with mean cross-entropy and SGD (learning rate 0.01, momentum 0.9), on inputs
+scaled to ``(x/255 - 0.5)/0.5``, from the same initial weights (rawgpu's, drawn from the seed),
+on the same batches (rawgpu's permutation of each epoch). The whole data set sits on the
+system's device before the first epoch, and an epoch's clock covers its training steps only:
+the shuffle before it and the test evaluation after it are outside, as in rawgpu's trainer.
+Each runner returns one record per epoch: ``seconds``, ``train_loss``, ``test_accuracy``.
 
 * ``rawgpu-cuda``, ``rawgpu-numpy``: ``rawgpu.train.train`` on that engine, unchanged.
-* ``torch-cuda``, ``torch-cpu``: PyTorch eager, the textbook loop. It accumulates the loss on
-  the device and reads it once per epoch, so no step waits for the GPU; rawgpu's trainer reads
-  the loss after every step (to stop on a diverged loss), which costs it a sync per step.
+* ``torch-cuda``, ``torch-cpu``: PyTorch eager, the textbook loop (its convolutions: cuDNN on
+  the GPU, oneDNN or PyTorch's own CPU kernels on the host). It accumulates the loss on
+  the device and reads it once per epoch, so no step waits for the GPU; rawgpu's trainer keeps
+  its loss sums on the device too and reads them every ``log_every`` (100) steps and at the end
+  of each epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,12 +52,33 @@ def unavailable(system: str) -> tuple[str, str] | None:
     return None
 
 
-def initial_weights(d: int, h: int, c: int, seed: int) -> dict:
-    """The weights rawgpu's TwoLayerMLP starts from for ``seed`` (NumPy, W stored (in, out))."""
+@dataclass(frozen=True)
+class Net:
+    """Which network a run trains: the model kind and what sizes it (see rawgpu.train.build_model)."""
+
+    model: str = "mlp"  # or "cnn"
+    hidden: int = 128  # the MLP's hidden units; the CNN's first linear layer
+    activation: str = "none"  # the CNN's: none (the seed's network) or relu
+
+    def config(self, **settings):
+        from rawgpu.train import TrainConfig
+
+        return TrainConfig(model=self.model, hidden=self.hidden, activation=self.activation, lr=LR, momentum=MOMENTUM, **settings)
+
+    def build(self, data, seed: int):
+        """rawgpu's network for ``data`` on the current engine, initialised from ``seed``."""
+        from rawgpu.train import build_model
+
+        return build_model(self.config(seed=seed), data, int(np.prod(np.shape(data.train_images)[1:])))
+
+
+def initial_weights(net: Net, data, seed: int) -> dict:
+    """The weights rawgpu's network starts from for ``seed`` (NumPy; linear W stored (in, out),
+    conv W (out, in, K, K))."""
     import rawgpu
 
     rawgpu.use("numpy")  # the runners pick their own engine again; this only draws the weights
-    return rawgpu.TwoLayerMLP(d, h, c, seed=seed).state_dict()
+    return net.build(data, seed).state_dict()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,13 +86,12 @@ def initial_weights(d: int, h: int, c: int, seed: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_rawgpu(engine: str, data, hidden: int, batch: int, epochs: int, seed: int) -> list[dict]:
+def run_rawgpu(engine: str, data, net: Net, batch: int, epochs: int, seed: int) -> list[dict]:
     import rawgpu
-    from rawgpu.train import TrainConfig, train
+    from rawgpu.train import train
 
     rawgpu.use(engine)
-    config = TrainConfig(epochs=epochs, batch_size=batch, hidden=hidden, seed=seed, lr=LR, momentum=MOMENTUM)
-    records = train(data, config, progress=False, log=lambda msg: None)
+    records = train(data, net.config(epochs=epochs, batch_size=batch, seed=seed), progress=False, log=lambda msg: None)
     return [{k: r[k] for k in ("epoch", "seconds", "train_loss", "test_accuracy")} for r in records]
 
 
@@ -81,6 +105,7 @@ class _CallRecorder:
     METHODS = (
         "matmul", "bias_add", "bias_relu", "relu_backward", "col_sum", "softmax_cross_entropy", "sgd_momentum_", "correct_count",
         "linear_relu", "linear_softmax_ce", "linear_backward_relu", "weight_grad",  # the fused step: one launch each
+        "conv2d", "conv2d_input_grad", "conv2d_weight_grad", "maxpool2x2", "maxpool2x2_backward",  # the CNN's
     )
 
     def __init__(self, backend):
@@ -102,7 +127,7 @@ class _CallRecorder:
             delattr(self.backend, name)
 
 
-def split_rawgpu_step(data, hidden: int, batch: int, seed: int, steps: int) -> dict:
+def split_rawgpu_step(data, net: Net, batch: int, seed: int, steps: int) -> dict:
     """Kernel time versus everything else in one rawgpu-cuda training step (see bench/README.md).
 
     wall: host clock around ``loss_and_grads`` + ``opt.step()`` and a final synchronize.
@@ -116,8 +141,8 @@ def split_rawgpu_step(data, hidden: int, batch: int, seed: int, steps: int) -> d
     from rawgpu.train import prepare_images
 
     eng = rawgpu.use("cuda")
-    d, c = int(np.prod(data.train_images.shape[1:])), int(data.num_classes)
-    model = rawgpu.TwoLayerMLP(d, hidden, c, seed=seed)
+    c = int(data.num_classes)
+    model = net.build(data, seed)
     opt = rawgpu.SGD(model, LR, MOMENTUM)
     x = eng.asarray(prepare_images(data.train_images[:batch]))
     y = eng.asarray(np.asarray(data.train_labels[:batch], dtype=np.int32))
@@ -183,34 +208,62 @@ def _split(wall: dict, gpu: dict, ops: int | None, how: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def torch_network(net: Net, weights: dict):
+    """The PyTorch module of ``net``, holding rawgpu's ``weights`` (float32, on the CPU).
+
+    The CNN is rawgpu/cnn.py's network written the textbook PyTorch way: Conv2d(pad K//2) ->
+    [ReLU] -> MaxPool2d(2), three times, Flatten, Linear -> [ReLU] -> Linear, each layer sized
+    from rawgpu's weights (so a 1x28x28 network gets its 576-input linear layer as rawgpu's does).
+    """
+    import torch
+    from torch import nn
+
+    if net.model == "cnn":
+        act = [nn.ReLU()] if net.activation == "relu" else []
+        stages = []
+        for i in (1, 2, 3):
+            out_c, in_c, k, _ = weights[f"W{i}"].shape
+            stages += [nn.Conv2d(in_c, out_c, k, padding=k // 2), *act, nn.MaxPool2d(2)]
+        module = nn.Sequential(*stages, nn.Flatten(), nn.Linear(*weights["W4"].shape), *act, nn.Linear(*weights["W5"].shape))
+    else:
+        (d, h), (_, c) = weights["W1"].shape, weights["W2"].shape
+        module = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, c))
+    layers = [m for m in module if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for i, layer in enumerate(layers, start=1):
+            w = weights[f"W{i}"]
+            # nn.Linear stores weights (out, in): the transpose of rawgpu's; conv weights match.
+            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w if w.ndim == 4 else w.T)))
+            layer.bias.copy_(torch.from_numpy(weights[f"b{i}"]))
+    return module
+
+
 class TorchRun:
     """One PyTorch training run: the same network, data and initial weights as rawgpu's."""
 
-    def __init__(self, device: str, data, hidden: int, batch: int, seed: int):
+    def __init__(self, device: str, data, net: Net, batch: int, seed: int):
         import torch
         from torch import nn
 
+        from rawgpu.cnn import image_shape
         from rawgpu.train import prepare_images
 
         self.torch, self.dev, self.batch = torch, torch.device(device), batch
         self.cuda = self.dev.type == "cuda"
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = False  # FP32 products, as rawgpu computes them
-        put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.dev)  # noqa: E731
-        self.x = put(prepare_images(data.train_images))
-        self.y = put(np.asarray(data.train_labels, dtype=np.int64))
-        self.x_test = put(prepare_images(data.test_images))
-        self.y_test = put(np.asarray(data.test_labels, dtype=np.int64))
-        d, c = self.x.shape[1], int(data.num_classes)
-        w = initial_weights(d, hidden, c, seed)
-        self.model = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, c)).to(self.dev)
-        with torch.no_grad():  # nn.Linear stores weights (out, in): the transpose of rawgpu's
-            for layer, wn, bn in ((self.model[0], "W1", "b1"), (self.model[2], "W2", "b2")):
-                layer.weight.copy_(torch.from_numpy(w[wn].T.copy()))
-                layer.bias.copy_(torch.from_numpy(w[bn]))
+            torch.backends.cudnn.allow_tf32 = False  # and FP32 convolutions in cuDNN
+        # The MLP eats rows of pixels; the CNN images in their channel layout (N, C, H, W).
+        pixels = np.shape(data.train_images)[1:]
+        shape = (-1, *image_shape(pixels)) if net.model == "cnn" else (-1, int(np.prod(pixels)))
+        put = lambda a: torch.from_numpy(np.ascontiguousarray(prepare_images(a).reshape(shape))).to(self.dev)  # noqa: E731
+        self.x, self.x_test = put(data.train_images), put(data.test_images)
+        self.y = torch.from_numpy(np.asarray(data.train_labels, dtype=np.int64)).to(self.dev)
+        self.y_test = torch.from_numpy(np.asarray(data.test_labels, dtype=np.int64)).to(self.dev)
+        self.model = torch_network(net, initial_weights(net, data, seed)).to(self.dev)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.gen = torch.Generator(device=self.dev).manual_seed(seed)
+        self.seed = seed
 
     def sync(self):
         if self.cuda:
@@ -227,7 +280,8 @@ class TorchRun:
         torch, n, bs = self.torch, self.x.shape[0], self.batch
         records = []
         for epoch in range(1, epochs + 1):
-            perm = torch.randperm(n, device=self.dev, generator=self.gen)
+            # rawgpu's trainer's permutation for (seed, epoch): the very same batches, in the same order
+            perm = torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(n)).to(self.dev)
             xs, ys = self.x[perm], self.y[perm]
             self.sync()
             start = time.perf_counter()

@@ -70,6 +70,26 @@ def train_quick(out):
     return json.loads(path.read_text()), proc, png
 
 
+@pytest.fixture(scope="module")
+def train_cnn(out):
+    """The CNN path at a tiny size: 64 train / 64 test images of the sample, batch 32, 2 epochs."""
+    path = out / "train-cnn.json"
+    args = ["--model", "cnn", "--quick", "--limit-train", "64", "--limit-test", "64", "--batch-size", "32", "--json", path]
+    proc = ok(run_bench("train.py", *args))
+    return json.loads(path.read_text()), proc
+
+
+@pytest.fixture(scope="module")
+def kernels_cnn_host(out):
+    """The CNN's kernel cases without --sim at batch 2: NumPy and PyTorch CPU timed on the host
+    (and the kernels and cuDNN where this machine has a GPU)."""
+    path = out / "kernels-cnn.json"
+    args = ["--quick", "--cnn-batch", "2", "--ops", "conv2d,conv2d_input_grad,conv2d_weight_grad,maxpool2x2,maxpool2x2_backward",
+            "--budget", "0.01", "--json", path]
+    proc = ok(run_bench("kernels.py", *args))
+    return json.loads(path.read_text()), proc
+
+
 def check_environment(result):
     env = result["environment"]
     assert ENV_FIELDS <= set(env)
@@ -121,6 +141,42 @@ def test_kernels_timed_run(kernels_timed):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+CNN_OPS = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad", "maxpool2x2", "maxpool2x2_backward"}
+
+
+def test_kernels_sim_checks_the_cnn_layers(kernels_sim):
+    cnn = [rec for rec in kernels_sim["results"] if rec["group"] == "cnn"]
+    assert {rec["op"] for rec in cnn} == CNN_OPS
+    # three conv stages: forward and weight gradient each, the input gradient for stages 2 and 3 only
+    labels = [rec["label"] for rec in cnn]
+    assert labels.count("conv1 fwd") == 1 and "conv1 dx" not in labels and {"conv2 dx", "conv3 dx", "pool3 bwd"} <= set(labels)
+    for rec in cnn:
+        (e,) = rec["kernels"]
+        assert e["check"]["passed"] and e["timing"] is None
+
+
+def test_kernels_cnn_cases_on_the_host(kernels_cnn_host):
+    r, proc = kernels_cnn_host
+    check_environment(r)
+    assert r["settings"]["cnn_batch"] == 2 and r["settings"]["cnn_image"] == [3, 32, 32]
+    convs = [rec for rec in r["results"] if rec["op"] in CNN_OPS - {"maxpool2x2", "maxpool2x2_backward"}]
+    assert len(convs) == 8 and all(rec["unit"] == "GFLOP/s" for rec in convs)
+    fwd1 = next(rec for rec in convs if rec["label"] == "conv1 fwd")
+    assert fwd1["dims"] == [2, 3, 32, 32, 32, 5, 2] and fwd1["flops"] == 2 * 2 * 32 * 32 * 32 * 3 * 25
+    for rec in r["results"]:
+        assert rec["host"]["check"]["passed"] and rec["host"]["rate"] > 0  # the numpy engine, checked then timed
+        torch_cpu = rec["host_reference"]
+        if HAS_TORCH:
+            assert torch_cpu["check"]["passed"] and torch_cpu["rate"] > 0
+        else:
+            assert torch_cpu["status"].startswith("no PyTorch") and torch_cpu["timing"] is None
+        if r["mode"] == "host":
+            assert rec["kernels"][0]["status"] == rec["reference"]["status"] == "no GPU"
+    if HAS_TORCH:
+        assert r["settings"]["torch_threads"] == r["environment"]["numpy_threads"]["threads"]
+    assert "PyTorch CPU" in proc.stdout and "conv3 dx" in proc.stdout
+
+
 # --- training --------------------------------------------------------------------------------
 
 
@@ -161,6 +217,30 @@ def test_train_quick_torch_cpu_and_ratio(train_quick):
     assert ratio == pytest.approx(numpy_run["median_epoch_s"] / run["median_epoch_s"])
 
 
+def test_train_cnn_tiny(train_cnn):
+    r, proc = train_cnn
+    check_environment(r)
+    s, d = r["settings"], r["dataset"]
+    assert s["model"] == "cnn" and s["activation"] == "none" and s["hidden"] == 64 and s["batch_size"] == 32
+    assert d["train"] == 64 and d["test"] == 64 and d["image_shape"] == [1, 28, 28] and d["flat_features"] == 576
+    (run,) = _runs(r, "rawgpu-numpy")
+    assert run["status"] == "ok" and len(run["epochs"]) == 2 and run["steps_per_epoch"] == 2
+    assert run["median_epoch_s"] > 0 and run["samples_per_s"] == pytest.approx(64 / run["median_epoch_s"])
+    assert 0 <= run["final_test_accuracy"] <= 1
+    if not r["environment"]["gpu"]["available"]:
+        assert all(x["status"] == "no GPU" for x in _runs(r, "rawgpu-cuda") + _runs(r, "torch-cuda"))
+    assert "CNN on 1x28x28 images" in proc.stdout and "goal: <= 1.5" in proc.stdout
+    if not HAS_TORCH:
+        assert _runs(r, "torch-cpu")[0]["status"] == "no PyTorch"
+        pytest.skip("PyTorch is not installed: torch-cpu is not benchmarked")
+    (torch_run,) = _runs(r, "torch-cpu")
+    # The same weights and the same batches: PyTorch's losses are rawgpu's, to float32 rounding.
+    for ours, theirs in zip(run["epochs"], torch_run["epochs"]):
+        assert theirs["train_loss"] == pytest.approx(ours["train_loss"], rel=1e-4)
+    assert s["torch_threads"]["intra_op"] == r["environment"]["numpy_threads"]["threads"]
+    assert "CPU threads: NumPy's BLAS" in proc.stdout
+
+
 # --- make_tables -----------------------------------------------------------------------------
 
 
@@ -175,10 +255,10 @@ def outside_regions(text):
     return text
 
 
-def test_make_tables_fills_only_the_marked_regions(kernels_sim, kernels_timed, train_quick, out, tmp_path):
+def test_make_tables_fills_only_the_marked_regions(kernels_sim, kernels_timed, train_quick, train_cnn, out, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    for name in ("kernels-sim.json", "kernels-timed.json", "train.json"):
+    for name in ("kernels-sim.json", "kernels-timed.json", "train.json", "train-cnn.json"):
         shutil.copy(out / name, results / name)
     readme = tmp_path / "README.md"
     shutil.copy(REPO / "README.md", readme)
@@ -191,6 +271,7 @@ def test_make_tables_fills_only_the_marked_regions(kernels_sim, kernels_timed, t
     kernels, train = region(after, "kernels"), region(after, "train")
     assert "--sim" in kernels and "Correctness only" in kernels
     assert "rawgpu-numpy / torch-cpu" in train
+    assert "784-128-10" in train and "CNN on 1x28x28 images" in train  # the newest run of each model
     if not kernels_timed[0]["environment"]["gpu"]["available"]:
         assert "no GPU" in kernels and "no GPU" in train
     assert ok(run_bench("make_tables.py", "--results", results, "--readme", readme, "--check"))
@@ -216,6 +297,8 @@ def test_readme_tables_match_the_committed_results():
         ("kernels.py", ["--sim", "--mlp", "1,2"], 1, "three numbers"),
         ("train.py", ["--systems", "torch-tpu"], 2, "unknown 'torch-tpu'"),
         ("train.py", ["--json", "/no/such/folder/t.json"], 1, "does not exist"),
+        ("train.py", ["--activation", "relu"], 1, "applies to --model cnn"),
+        ("train.py", ["--model", "rnn"], 2, "invalid choice: 'rnn'"),
         ("make_tables.py", ["--results", "/no/such/folder"], 1, "no such folder"),
     ],
 )

@@ -118,12 +118,23 @@ class NumpyBackend:
     def correct_count(self, logits, labels):
         return int(np.count_nonzero(np.argmax(logits, axis=1) == labels))
 
-    # --- the CNN's ops: im2col with stride tricks, then one batched BLAS product -------------
+    # --- the CNN's ops: im2col with stride tricks, then BLAS ---------------------------------
     #
     # im2col: every K x K window of the zero-padded image, as a view (sliding_window_view makes
     # it from strides, no copy), copied once into a scratch matrix laid out for BLAS. The copy is
-    # K*K times the image, the price of turning a convolution into one big GEMM; no Python loop
-    # ever runs over pixels.
+    # K*K times the image, the price of turning a convolution into GEMMs; no Python loop ever
+    # runs over pixels. Two layouts, each chosen for the product that reads it (timed at the
+    # seed's shapes, batch 64, one BLAS thread):
+    #
+    #   per image, (N, C K K, Ho Wo): the forward pass and the input gradient multiply the weights
+    #     by each image's block, and the products land straight in NCHW, with no transpose after.
+    #     The copy is the cheaper one too (its inner runs are whole rows of the image).
+    #   whole batch, (C K K, N Ho Wo): the weight gradient sums over images and pixels at once,
+    #     one GEMM; per-image products would need a sum over N products of the weights' size.
+    #
+    # The input gradient is the forward conv of dy with the flipped kernel, not a GEMM followed by
+    # col2im (a scatter-add of K*K shifted slabs): at the seed's middle layer the col2im alone
+    # took longer than this im2col and its GEMM together.
 
     def _padded(self, tag, x, pad):
         """``x`` with ``pad`` zeros around each image plane, in a scratch buffer (the border is
@@ -138,22 +149,32 @@ class NumpyBackend:
         buf[:, :, pad : pad + h, pad : pad + w] = x
         return buf
 
-    def _im2col(self, tag, img, k, pad):
-        """im2col of ``img`` (N, C, H, W) padded by ``pad``: the (C k k, N Ho Wo) matrix whose
-        column (n, y, x) holds the k x k window under output pixel (n, y, x) of every channel."""
-        win = np.lib.stride_tricks.sliding_window_view(self._padded(tag, img, pad), (k, k), axis=(2, 3))
+    def _windows(self, tag, img, k, pad):
+        """The (N, C, Ho, Wo, k, k) view of every k x k window of ``img`` padded by ``pad``."""
+        return np.lib.stride_tricks.sliding_window_view(self._padded(tag, img, pad), (k, k), axis=(2, 3))
+
+    def _im2col_per_image(self, tag, img, k, pad):
+        """(N, C k k, Ho Wo): for each image, the matrix whose column (y, x) holds the k x k
+        window under output pixel (y, x), channel by channel."""
+        win = self._windows(tag, img, k, pad)
+        n, c, ho, wo = win.shape[:4]
+        cols = self._buf(tag + "_cols", (n, c, k, k, ho, wo))
+        np.copyto(cols, win.transpose(0, 1, 4, 5, 2, 3))
+        return cols.reshape(n, c * k * k, ho * wo)
+
+    def _im2col_batch(self, tag, img, k, pad):
+        """(C k k, N Ho Wo): the same windows, every image's side by side."""
+        win = self._windows(tag, img, k, pad)
         n, c, ho, wo = win.shape[:4]
         cols = self._buf(tag + "_cols", (c, k, k, n, ho, wo))
         np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
         return cols.reshape(c * k * k, n * ho * wo)
 
     def _correlate(self, tag, img, w2, k, pad, out):
-        """``out`` (N, O, Ho, Wo) = ``w2`` (O, C k k) times im2col of ``img``: one GEMM over every
-        image at once (per-image products were several times slower here), then NCHW."""
+        """``out`` (N, O, Ho, Wo) = ``w2`` (O, C k k) times each image's im2col: a stack of GEMMs,
+        one per image, that NumPy's matmul hands to BLAS one after the other."""
         n, o, ho, wo = out.shape
-        prod = self._buf(tag + "_prod", (o, n, ho, wo))
-        np.matmul(w2, self._im2col(tag, img, k, pad), out=prod.reshape(o, n * ho * wo))
-        np.copyto(out, prod.transpose(1, 0, 2, 3))
+        np.matmul(w2, self._im2col_per_image(tag, img, k, pad), out=out.reshape(n, o, ho * wo))
 
     def conv2d(self, x, w, b, out, pad, relu):
         o, k = w.shape[0], w.shape[2]
@@ -172,34 +193,77 @@ class NumpyBackend:
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
         # dw[o, (c, i, j)] = sum over every output pixel (n, y, x) of dy[n, o, y, x] times the
-        # input under that pixel's window: one GEMM of dy as O x (N Ho Wo) with im2col of x.
+        # input under that pixel's window: one GEMM of im2col of x with dy as (N Ho Wo) x O.
+        # It is computed transposed, dw^T = cols dy^T, (C K K) x O: OpenBLAS runs that
+        # orientation of the same product about 1.5x faster at the seed's shapes (one thread),
+        # and turning the small dw^T around costs nothing.
         n, o, ho, wo = dy.shape
-        cols = self._im2col("conv_dw", x, dw.shape[2], pad)
-        dy_t = self._buf("conv_dy_t", (o, n, ho, wo))
-        np.copyto(dy_t, dy.transpose(1, 0, 2, 3))
+        cols = self._im2col_batch("conv_dw", x, dw.shape[2], pad)
+        dy_t = self._buf("conv_dy_t", (o, n, ho * wo))
+        np.copyto(dy_t, dy.reshape(n, o, ho * wo).transpose(1, 0, 2))  # dy is small: K*K times smaller than cols
         dy_t = dy_t.reshape(o, n * ho * wo)
-        np.matmul(dy_t, cols.T, out=dw.reshape(o, -1))
+        dw_t = self._buf("conv_dw_t", (cols.shape[0], o))
+        np.matmul(cols, dy_t.T, out=dw_t)
+        np.copyto(dw.reshape(o, -1), dw_t.T)
         np.add.reduce(dy_t, axis=1, out=db)
+
+    # 2x2 max-pooling: the four corners of every window are four strided views of the image (no
+    # copy), compared elementwise: three passes of whole-array NumPy, no per-window work.
+
+    @staticmethod
+    def _corners(x, ho, wo):
+        """The top-left, top-right, bottom-left and bottom-right value of every 2x2 window, as
+        views (an odd last row or column is left out), in row-major order."""
+        return [x[:, :, dy : 2 * ho : 2, dx : 2 * wo : 2] for dy in (0, 1) for dx in (0, 1)]
 
     def maxpool2x2(self, x, out, argmax):
         n, c, h, w = x.shape
         ho, wo = out.shape[2], out.shape[3]
-        # The 2x2 windows as a view (every second window of the sliding ones), then flattened to
-        # 4 values in row-major order, so argmax's ties go to the first, as PyTorch's do (and
-        # NumPy's argmax takes the first NaN as the largest: a NaN is passed on).
-        win = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(2, 3))[:, :, ::2, ::2]
-        flat = self._buf("pool_win", (n, c, ho, wo, 4))
-        np.copyto(flat.reshape(n, c, ho, wo, 2, 2), win)
-        pick = self._buf("pool_pick", (n, c, ho, wo), np.intp)
-        np.argmax(flat, axis=4, out=pick)
-        out[...] = np.take_along_axis(flat, pick[..., None], axis=4)[..., 0]
-        # The picked input's index in its plane: the window's corner plus the offset of pick.
-        corner = 2 * np.arange(ho)[:, None] * w + 2 * np.arange(wo)[None, :]
-        offset = np.array([0, 1, w, w + 1])
-        np.add(corner, offset[pick], out=argmax, casting="unsafe")
+        corners = self._corners(x, ho, wo)
+        pick = self._buf("pool_pick", out.shape, np.int8)  # which corner won: 0..3
+        take = self._buf("pool_take", out.shape, np.bool_)
+        keep = self._buf("pool_keep", out.shape, np.bool_)
+        step = self._buf("pool_step", out.shape, np.int8)
+        np.copyto(out, corners[0])
+        pick.fill(0)
+        for k, v in enumerate(corners[1:], start=1):
+            # A later corner wins only if strictly larger (ties go to the first, as PyTorch's),
+            # or if it is NaN and the best so far is not (the first NaN wins and is passed on):
+            # take = not (v <= best) and best is not NaN. The updates are arithmetic, not masked
+            # copies (copyto with a random mask branches per element: several times slower).
+            np.less_equal(v, out, out=take)
+            np.logical_not(take, out=take)
+            np.equal(out, out, out=keep)  # False where the best so far is NaN
+            np.logical_and(take, keep, out=take)
+            np.subtract(k, pick, out=step)
+            np.multiply(step, take, out=step)
+            np.add(pick, step, out=pick)  # pick = k where take, else unchanged
+            np.maximum(out, v, out=out)  # the same choice (np.maximum passes a NaN on)
+        # The picked input's index in its plane: the window's corner, plus w for the bottom row
+        # and 1 for the right column.
+        corner = self._pool_corner_index(ho, wo, w)
+        np.multiply(pick >> 1, w, out=argmax, casting="unsafe")
+        np.add(argmax, pick & 1, out=argmax, casting="unsafe")
+        np.add(argmax, corner, out=argmax)
+
+    def _pool_corner_index(self, ho, wo, w):
+        key = ("pool_corner", ho, wo, w)
+        corner = self._scratch.get(key)
+        if corner is None:
+            corner = self._scratch[key] = (2 * np.arange(ho)[:, None] * w + 2 * np.arange(wo)[None, :]).astype(np.int32)
+        return corner
 
     def maxpool2x2_backward(self, dy, argmax, dx):
         n, c, h, w = dx.shape
-        dx.fill(0.0)
-        # Windows do not overlap: each dy lands on exactly one input, so a plain put is exact.
-        np.put_along_axis(dx.reshape(n * c, h * w), argmax.reshape(n * c, -1), dy.reshape(n * c, -1), axis=1)
+        ho, wo = dy.shape[2], dy.shape[3]
+        if (h, w) != (2 * ho, 2 * wo):
+            dx.fill(0.0)  # the odd last row or column no window read
+        # Windows do not overlap: each dy lands on exactly one of its window's four inputs. The
+        # argmax minus its window's corner says which (0, 1, w, w + 1); each corner view of dx
+        # gets dy where it was picked and 0 elsewhere.
+        offset = self._buf("pool_offset", dy.shape, np.int32)
+        np.subtract(argmax, self._pool_corner_index(ho, wo, w), out=offset)
+        hit = self._buf("pool_hit", dy.shape, np.bool_)
+        for corner, off in zip(self._corners(dx, ho, wo), (0, 1, w, w + 1)):
+            np.equal(offset, off, out=hit)
+            np.multiply(dy, hit, out=corner)
