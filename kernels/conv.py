@@ -11,7 +11,8 @@ back. Here ``A`` is never stored: the kernel is the ladder's block-tiled matmul
 (kernels/matmul/blocktile2d.py, read its essay first) whose *tile load* works out, for each of
 the ``bk x bm`` values it stages in shared memory, which image element ``A[m, k]`` is, and reads
 it straight from ``x`` (0 where the window hangs over the padding). Everything after the load --
-the inner product over the shared tiles, the accumulators in registers -- is the matmul's.
+the inner product over the shared tiles (``outer_products`` of kernels/matmul/_tiles.py, with its
+written-out inner loop), the accumulators in registers -- is the matmul's.
 
 The three kernels of a training step, and which GEMM each is:
 
@@ -57,10 +58,11 @@ from __future__ import annotations
 
 import functools
 
-from numba import cuda, float32
+from numba import cuda, float32, int32, uint32
 
 from ._launch import Launch
 from .matmul._common import divides, jit, make_config
+from .matmul._tiles import outer_products
 
 #: GPU tiles: 128 pixels x 32 channels, bk 8, 4 x 4 per thread = 32 x 8 = 256 threads, 5 KiB shared.
 DEFAULTS = {"bm": 128, "bn": 32, "bk": 8, "tm": 4, "tn": 4}
@@ -89,42 +91,31 @@ def sim_config():
     return config(**SIM_PARAMS)
 
 
-def _inner_product(As, Bs, acc, a_reg, b_reg, tx, ty, threads_x, threads_y, bk, tm, tn):
-    """``acc[r, s] += sum_kk As[kk, row r] * Bs[kk, column s]`` over one pair of shared tiles,
-    for this thread's strided rows and columns: operands to registers first, then the tm x tn
-    outer products. (The matmul ladder's inner loop; a device function of its own so the conv
-    kernels share it, and so that a shared version can replace it.)"""
-    for kk in range(bk):
-        for r in range(tm):
-            a_reg[r] = As[kk, tx + r * threads_x]
-        for s in range(tn):
-            b_reg[s] = Bs[kk, ty + s * threads_y]
-        for r in range(tm):
-            for s in range(tn):
-                acc[r, s] += a_reg[r] * b_reg[s]
-
-
-# inline="always": Numba splices the body into each kernel before typing, so the kernel compiles
-# as one function (and without asking a GPU driver which architecture a device function is for).
-_inner = cuda.jit(device=True, inline="always")(_inner_product)
+# The index arithmetic of the implicit GEMM is 32-bit and unsigned: a 64-bit division by a
+# run-time value (the plane, the width, the kernel's area) is a long call on a GPU, a 32-bit one
+# a few instructions, and an unsigned index needs no negative-index wraparound. (Sizes stay far
+# below 2**32: the op layer checks that an image batch fits in memory.)
 
 
 @cuda.jit(device=True, inline="always")
 def _pixel(m, plane, width):
     """GEMM row ``m`` as the output pixel ``(n, y, x)`` (``plane = height * width``)."""
-    n = m // plane
-    yx = m - n * plane
-    y = yx // width
-    return n, y, yx - y * width
+    m = uint32(m)
+    n = m // uint32(plane)
+    yx = m - n * uint32(plane)
+    y = yx // uint32(width)
+    return n, y, yx - y * uint32(width)
 
 
 @cuda.jit(device=True, inline="always")
 def _tap(k, kh, kw):
     """GEMM index ``k`` as ``(c, i, j)``: an input channel and a kernel offset."""
-    c = k // (kh * kw)
-    ij = k - c * (kh * kw)
-    i = ij // kw
-    return c, i, ij - i * kw
+    k = uint32(k)
+    area = uint32(kh * kw)
+    c = k // area
+    ij = k - c * area
+    i = ij // uint32(kw)
+    return c, i, ij - i * uint32(kw)
 
 
 @cuda.jit(device=True, inline="always")
@@ -133,10 +124,10 @@ def _im2col_at(img, m, k, plane, width, kh, kw, pad):
     channel ``c`` for output pixel ``(n, y, x)``; 0 where the window hangs over the padding."""
     n, y, x = _pixel(m, plane, width)
     c, i, j = _tap(k, kh, kw)
-    hh = y + i - pad
-    ww = x + j - pad
-    if 0 <= hh < img.shape[2] and 0 <= ww < img.shape[3]:
-        return img[n, c, hh, ww]
+    hh = int32(y + i) - int32(pad)  # signed: the window may hang over the top or left edge
+    ww = int32(x + j) - int32(pad)
+    if 0 <= hh < int32(img.shape[2]) and 0 <= ww < int32(img.shape[3]):
+        return img[n, c, uint32(hh), uint32(ww)]
     return float32(0.0)
 
 
@@ -151,6 +142,8 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
     """
     threads_x, threads_y = bm // tm, bn // tn
     threads = threads_x * threads_y
+    # Thread (tx, ty)'s rows tx + r * threads_x, columns ty + s * threads_y; As is k-major.
+    steps = outer_products(bk, tm, tn, threads_x, threads_y, True)
     loads_a = -(-(bk * bm) // threads)  # values of each shared tile one thread copies
     loads_b = -(-(bk * bn) // threads)
     even_a = (bk * bm) % threads == 0
@@ -208,7 +201,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                             v = w[col, c, i, j]
                     Bs[kk, jj] = v
             cuda.syncthreads()
-            _inner(As, Bs, acc, a_reg, b_reg, tx, ty, threads_x, threads_y, bk, tm, tn)
+            steps(As, Bs, tx, ty, acc, a_reg, b_reg)
             cuda.syncthreads()
 
         # The epilogue, in registers, then the one store: out[n, col, y, x] for row m = (n, y, x).
@@ -237,6 +230,8 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
     ``o`` (``threadIdx.x``), columns ``(c, i, j)``, depth the output pixels ``(n, y, x)``."""
     threads_x, threads_y = bm // tm, bn // tn
     threads = threads_x * threads_y
+    # Thread (tx, ty)'s rows tx + r * threads_x, columns ty + s * threads_y; As is k-major.
+    steps = outer_products(bk, tm, tn, threads_x, threads_y, True)
     loads_a = -(-(bk * bm) // threads)
     loads_b = -(-(bk * bn) // threads)
     even_a = (bk * bm) % threads == 0
@@ -301,7 +296,7 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
                     if mm < bm:
                         for kk in range(bk):
                             rowsum[q] += As[kk, mm]
-            _inner(As, Bs, acc, a_reg, b_reg, tx, ty, threads_x, threads_y, bk, tm, tn)
+            steps(As, Bs, tx, ty, acc, a_reg, b_reg)
             cuda.syncthreads()
 
         for r in range(tm):
