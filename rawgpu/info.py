@@ -111,25 +111,16 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def training_products(batch: int = 128, d: int = 784, h: int = 128, c: int = 10) -> list:
-    """(M, N, K, trans_a, trans_b) of the five matmuls in one training step of d-h-c at ``batch``."""
-    return [
-        (batch, h, d, False, False),  # x W1
-        (batch, c, h, False, False),  # a W2
-        (h, c, batch, True, False),  # dW2 = a^T dz
-        (batch, h, c, False, True),  # da = dz W2^T
-        (d, h, batch, True, False),  # dW1 = x^T dh
-    ]
-
-
 def matmul_picks(g: dict) -> list:
     """The matmul autotuner's rung for each training product, and why (on this GPU, or an H100's 132 SMs)."""
     from rawgpu.kernels.matmul import tuning  # no numba.cuda import: safe before the engine is picked
 
+    products = tuning.step_products()
+    shapes = [shape for _, *shape in products]
     if g["available"]:
-        where, picks = f"on this {g['name']}", tuning.explain(training_products(), gpu=g["name"], sms=g["multiprocessors"])
+        where, picks = f"on this {g['name']}", tuning.explain(shapes, gpu=g["name"], sms=g["multiprocessors"])
     else:
-        where, picks = "as the cuda engine would on an H100 (132 SMs; no GPU here)", tuning.explain(training_products(), sms=132)
-    return [f"matmul:     the autotuner's rung per training product of 784-128-10 at batch 128, {where}:"] + [
-        f"              {line}" for line in picks
-    ]
+        where, picks = "as the cuda engine would on an H100 (132 SMs; no GPU here)", tuning.explain(shapes, sms=132)
+    return [f"matmul:     the autotuner's rung per matmul launch of a 784-128-10 training step at batch 128, {where}:"] + [
+        f"              {op}: {line}" for (op, *_), line in zip(products, picks)
+    ] + ["              (the output layer's product runs inside the loss kernel, one block per row)"]

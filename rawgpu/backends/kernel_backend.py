@@ -190,7 +190,7 @@ class KernelBackend:
         self._launches: dict = {}  # (plan function, its arguments) -> the Launch: see _launch below
         self._ready: dict = {}  # (plan function, its arguments, the arrays' ids) -> the launch, its arguments bound
         self.matmul_picks: dict = {}  # (m, n, k, trans_a, trans_b) -> (variant, config, reason)
-        self._products: dict = {}  # (op, a's shape, b's shape) -> the step product's plan: see _product
+        self._plans: dict = {}  # (op, a's shape, b's shape) -> a step product's plan: see _product
         self._gpu = None
         if simulator:
             self.xp = np
@@ -327,7 +327,9 @@ class KernelBackend:
             ready = self._prepare(arrays, plan, plan_args, scalars, scratch)
         ready[0]()
 
-    def _prepare(self, arrays, plan, plan_args, scalars, scratch):
+    def _prepare(self, arrays, plan, plan_args, scalars, scratch, ready_key=None):
+        """The launch bound to its arguments, kept in ``self._ready`` under ``ready_key`` (the
+        plan, its arguments and the scalars by default) followed by the arrays' ids."""
         key = (plan, *plan_args, *scalars)
         launch = self._launches.get(key, _UNPLANNED)
         if launch is _UNPLANNED:
@@ -341,16 +343,24 @@ class KernelBackend:
         if len(self._ready) >= 4096:  # a step needs six; this bounds callers that change scalars at every call
             self._ready.clear()
         bound = _nothing if launch is None else functools.partial(launch, *map(self.views, arrays), *scalars, *scratch)
-        return keep_while_alive(self._ready, (*key, *ids(arrays)), arrays, bound)
+        return keep_while_alive(self._ready, (*(key if ready_key is None else ready_key), *ids(arrays)), arrays, bound)
 
     def _product(self, op, a, b, c, e):
         """One of the step's matmuls (kernels/fused.py: ``STEP_PRODUCTS``), ``c = op(a) @ op(b)``
-        through the epilogue that reads or writes ``e``, on the rung picked for its shape."""
-        plan = self._products.get((op, a.shape, b.shape))
-        if plan is None:
-            plan = self._products[(op, a.shape, b.shape)] = self._plan_product(op, a.shape, b.shape)
-        variant, cfg, m, n, split = plan
-        self._launch((a, b, c, e), fused.product_launch, op, variant, cfg, m, n, self._stream(), scratch=(split,))
+        through the epilogue that reads or writes ``e``, on the rung picked for its shape. Found
+        again by the op, the stream and the arrays alone: the same arrays have the same shapes,
+        so they have the same plan."""
+        arrays = (a, b, c, e)
+        stream = self._stream()
+        ready = self._ready.get((op, stream, *ids(arrays)))
+        if ready is None:
+            plan = self._plans.get((op, a.shape, b.shape))
+            if plan is None:
+                plan = self._plans[(op, a.shape, b.shape)] = self._plan_product(op, a.shape, b.shape)
+            variant, cfg, m, n, split = plan
+            ready = self._prepare(arrays, fused.product_launch, (op, variant, cfg, m, n, stream), (), (split,),
+                                  ready_key=(op, stream))
+        ready[0]()
 
     def _plan_product(self, op, a_shape, b_shape):
         """(variant, config, M, N, split-K's views or ()) for one of the step's products."""
