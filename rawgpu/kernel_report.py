@@ -29,10 +29,14 @@ formatting and occupancy functions need neither, so tests can call them anywhere
 from __future__ import annotations
 
 import argparse
+import bisect
+import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -139,22 +143,34 @@ def occupancy(arch: Arch, registers: int, shared_bytes: int, threads_per_block: 
 # ---------------------------------------------------------------------------------------------
 
 
-def find_ptxas() -> str | None:
-    """ptxas from the nvidia-cuda-nvcc wheel (the one that matches its NVVM), else CUDA_HOME or PATH."""
+def _find_tool(name: str, wheel_dirs: tuple[str, ...]) -> str | None:
+    """A CUDA command-line tool: from an NVIDIA wheel first (the one pip installed beside numba-cuda),
+    else from CUDA_HOME or CUDA_PATH, else from PATH."""
     candidates = []
     try:
         import nvidia  # the namespace package the NVIDIA wheels install into
 
-        candidates += [os.path.join(base, "cuda_nvcc", "bin", "ptxas") for base in nvidia.__path__]
+        candidates += [os.path.join(base, sub, "bin", name) for base in nvidia.__path__ for sub in wheel_dirs]
     except ImportError:
         pass
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
-            candidates.append(os.path.join(os.environ[var], "bin", "ptxas"))
+            candidates.append(os.path.join(os.environ[var], "bin", name))
     for path in candidates:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
-    return shutil.which("ptxas")
+    return shutil.which(name)
+
+
+def find_ptxas() -> str | None:
+    """ptxas from the nvidia-cuda-nvcc wheel (the one that matches its NVVM), else CUDA_HOME or PATH."""
+    return _find_tool("ptxas", ("cuda_nvcc",))
+
+
+def find_nvdisasm() -> str | None:
+    """nvdisasm (the disassembler of machine code) from the nvidia-cuda-nvdisasm wheel, else CUDA_HOME
+    or PATH. The 13.x wheel installs it under nvidia/cu13/ and reads the cubins of ptxas 12.x too."""
+    return _find_tool("nvdisasm", ("cu13", "cuda_nvdisasm"))
 
 
 def _simulator_requested() -> bool:
@@ -181,14 +197,26 @@ def toolchain() -> dict:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReportError(f"NVVM (the CUDA compiler) is not available ({detail}); install it with: {INSTALL_HINT}") from None
     _probe_compile()
-    out = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
-    release = re.search(r"release [\d.]+, V([\d.]+)", out)
+    nvdisasm = find_nvdisasm()
     return {
         "numba-cuda": _dist_version("numba-cuda"),
         "nvvm": nvvm_version,
-        "ptxas": release.group(1) if release else out.strip().splitlines()[-1],
+        "ptxas": _tool_version(ptxas),
         "ptxas_path": ptxas,
+        # The disassembler is optional: without it the report has everything but ffma_share.
+        "nvdisasm": _tool_version(nvdisasm) if nvdisasm else None,
+        "nvdisasm_path": nvdisasm,
     }
+
+
+def _tool_version(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release [\d.]+, V([\d.]+)", out)
+    return release.group(1) if release else out.strip().splitlines()[-1]
+
+
+#: Why ffma_share is null for every kernel when nvdisasm is missing (said once, not per kernel).
+NO_NVDISASM = f"nvdisasm (the CUDA disassembler) is not installed, so ffma_share is not measured; install it with: {INSTALL_HINT}"
 
 
 def _probe_compile() -> None:
@@ -289,8 +317,153 @@ def f64_instructions(ptx: str) -> Counter:
     return ops
 
 
-def compile_target(target, arch: Arch, ptxas: str) -> dict:
-    """Compile one CompileTarget for ``arch`` and return its record (see :func:`report`)."""
+# ---------------------------------------------------------------------------------------------
+# The machine code (SASS): how much of a matmul's main loop is arithmetic
+# ---------------------------------------------------------------------------------------------
+
+# One instruction as nvdisasm prints it: "/*2390*/  @!P0 FFMA R56, R95, R93.reuse, R56 ;" (its
+# address, an optional predicate guard, the opcode with its suffixes, the operands).
+_SASS_INSTR = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+_SASS_LABEL = re.compile(r"^(\.L_\w+):")
+# A branch target: a label, "`(.L_x_16)", from a cubin; an address, "0x2390", from raw code.
+_SASS_TARGET = re.compile(r"`\((\.L_\w+)\)|^(0x[0-9a-f]+)\b")
+_SASS_REG = re.compile(r"\bR(\d+)\b")  # a general register (not RZ, not a uniform URn)
+_LOAD_WIDTH = {".64": 2, ".128": 4}  # registers an LDG.E.64 / LDG.E.128 writes
+
+
+def parse_sass(text: str) -> list[tuple[int, str, str, int | None]]:
+    """nvdisasm's output as (address, opcode, operands, branch target address or None) tuples."""
+    instrs, labels, pending = [], {}, []
+    for line in text.splitlines():
+        label = _SASS_LABEL.match(line)
+        if label:
+            pending.append(label.group(1))  # a label names the address of the next instruction
+            continue
+        match = _SASS_INSTR.match(line)
+        if match:
+            addr = int(match.group(1), 16)
+            labels.update((name, addr) for name in pending)
+            pending.clear()
+            instrs.append((addr, match.group(2), match.group(3)))
+    out = []
+    for addr, opcode, operands in instrs:
+        target = _SASS_TARGET.search(operands) if opcode.split(".")[0] == "BRA" else None
+        dest = None
+        if target:
+            dest = labels.get(target.group(1)) if target.group(1) else int(target.group(2), 16)
+        out.append((addr, opcode, operands, dest))
+    return out
+
+
+def _loads_in_flight(body) -> int:
+    """The most global loads (LDG) the code issues before an instruction needs one's result.
+
+    A load takes hundreds of cycles; the loads issued before the first use of any of them wait
+    together. ``load, store, load, store`` keeps one in flight; all loads first, then all stores,
+    keeps them all in flight. Read in program order, as issued (no branch is followed)."""
+    pending: set[int] = set()
+    in_flight = most = 0
+    for _, opcode, operands, _ in body:
+        regs = [int(r) for r in _SASS_REG.findall(operands)]
+        dest, sources = (regs[:1], regs[1:]) if opcode.startswith("LDG") else ([], regs)
+        if pending.intersection(sources):  # this instruction waits for the loads in flight
+            pending.clear()
+            in_flight = 0
+        if dest:
+            width = next((w for suffix, w in _LOAD_WIDTH.items() if suffix in opcode), 1)
+            pending.update(range(dest[0], dest[0] + width))
+            in_flight += 1
+            most = max(most, in_flight)
+    return most
+
+
+def main_loop(sass: str) -> dict | None:
+    """The main loop of a kernel's machine code and how much of it is FFMA, or None without one.
+
+    A loop is a backward branch: a ``BRA`` to an address at or before its own; its body runs from
+    that address to the branch, both included (with several branches back to one address, to the
+    last). The main loop is the one with the most FFMA (fused multiply-add, the two FLOPs of a
+    matmul); of loops with as many, the shortest, so that an inner loop wins over the loops around
+    it, which contain it and its FFMA. Returns its ``instructions``, ``ffma``, ``ffma_share``
+    (FFMA / instructions), ``global_loads`` (LDG) and ``loads_in_flight`` (see
+    :func:`_loads_in_flight`); None when no loop has an FFMA.
+    """
+    instrs = parse_sass(sass)
+    position = {addr: i for i, (addr, *_) in enumerate(instrs)}
+    ends: dict[int, int] = {}  # first instruction of a loop -> its last backward branch
+    for i, (addr, _, _, dest) in enumerate(instrs):
+        if dest is not None and dest <= addr and dest in position:
+            ends[position[dest]] = i
+    best = None
+    for start, end in ends.items():
+        body = instrs[start: end + 1]
+        ffma = sum(opcode.split(".")[0] == "FFMA" for _, opcode, _, _ in body)
+        if ffma and (best is None or (ffma, -len(body)) > (best[0], -len(best[1]))):
+            best = (ffma, body)
+    if best is None:
+        return None
+    ffma, body = best
+    return {
+        "instructions": len(body),
+        "ffma": ffma,
+        "ffma_share": ffma / len(body),
+        "global_loads": sum(opcode.startswith("LDG") for _, opcode, _, _ in body),
+        "loads_in_flight": _loads_in_flight(body),
+    }
+
+
+def cubin_code(cubin: bytes) -> bytes:
+    """The machine code of a cubin: its ``.text.*`` sections (one per function), in file order.
+
+    A cubin is an ELF64 file; each section header (at e_shoff, e_shnum of them, e_shentsize bytes
+    each) gives a name (an offset into the section-name table, section e_shstrndx), an offset and
+    a size. SASS instructions are 16 bytes on sm_70 and later, so the code of several kernels can
+    be laid end to end and disassembled as one raw binary."""
+    shoff = struct.unpack_from("<Q", cubin, 0x28)[0]
+    entsize, count, names_index = struct.unpack_from("<HHH", cubin, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", cubin, shoff + i * entsize) for i in range(count)]
+    names_at = headers[names_index][4]
+
+    def name(header):
+        start = names_at + header[0]
+        return cubin[start: cubin.index(b"\0", start)]
+
+    return b"".join(cubin[h[4]: h[4] + h[5]] for h in headers if name(h).startswith(b".text."))
+
+
+_SASS_CACHE: dict[tuple[str, bytes], dict | None] = {}
+
+
+def main_loops(codes: list[bytes], arch: Arch, nvdisasm: str) -> list[dict | None]:
+    """:func:`main_loop` of each kernel's machine code (from :func:`cubin_code`).
+
+    nvdisasm spends about 0.3 s starting up and then disassembles 20 KiB of code in a few ms, so
+    the codes not seen before are laid end to end and disassembled in one call, as a raw binary
+    (``-b SM90``), and the listing is cut at each kernel's first address. Kernels that compile to
+    the same code are disassembled once."""
+    fresh = list(dict.fromkeys(c for c in codes if (arch.name, hashlib.sha256(c).digest()) not in _SASS_CACHE))
+    if fresh:
+        with tempfile.TemporaryDirectory(prefix="rawgpu-nvdisasm-") as tmp:
+            path = os.path.join(tmp, "code.bin")
+            with open(path, "wb") as fh:
+                fh.write(b"".join(fresh))
+            proc = subprocess.run([nvdisasm, "-b", arch.name.replace("sm_", "SM"), path], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvdisasm failed: {(proc.stderr or proc.stdout).strip()}")
+        starts = list(itertools.accumulate((len(c) for c in fresh[:-1]), initial=0))
+        pieces = [[] for _ in fresh]
+        for line in proc.stdout.splitlines():  # raw code has no labels: every line we need has an address
+            match = _SASS_INSTR.match(line)
+            if match:
+                pieces[bisect.bisect_right(starts, int(match.group(1), 16)) - 1].append(line)
+        for code, piece in zip(fresh, pieces):
+            _SASS_CACHE[(arch.name, hashlib.sha256(code).digest())] = main_loop("\n".join(piece))
+    return [_SASS_CACHE[(arch.name, hashlib.sha256(c).digest())] for c in codes]
+
+
+def compile_target(target, arch: Arch, ptxas: str) -> tuple[dict, bytes]:
+    """Compile one CompileTarget for ``arch``: its record (see :func:`resources`), less the main
+    loop's fields, and its machine code (see :func:`cubin_code`) for :func:`main_loops`."""
     from numba import cuda
 
     opts = getattr(target.dispatcher, "targetoptions", {})
@@ -298,19 +471,18 @@ def compile_target(target, arch: Arch, ptxas: str) -> dict:
     kwargs = {key: opts[key] for key in ("fastmath", "lineinfo", "debug", "opt", "launch_bounds") if opts.get(key) is not None}
     ptx, _ = cuda.compile_ptx(target.dispatcher.py_func, target.signature, cc=arch.cc, **kwargs)
     with tempfile.TemporaryDirectory(prefix="rawgpu-ptxas-") as tmp:
-        src = os.path.join(tmp, "kernel.ptx")
+        src, cubin = os.path.join(tmp, "kernel.ptx"), os.path.join(tmp, "kernel.cubin")
         with open(src, "w") as fh:
             fh.write(ptx)
-        proc = subprocess.run(
-            [ptxas, "-v", f"-arch={arch.name}", src, "-o", os.path.join(tmp, "kernel.cubin")],
-            capture_output=True, text=True,
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(f"ptxas failed: {(proc.stderr or proc.stdout).strip()}")
+        proc = subprocess.run([ptxas, "-v", f"-arch={arch.name}", src, "-o", cubin], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ptxas failed: {(proc.stderr or proc.stdout).strip()}")
+        with open(cubin, "rb") as fh:
+            code = cubin_code(fh.read())
     res = parse_ptxas(proc.stdout + proc.stderr)
     f64 = f64_instructions(ptx)
     occ = occupancy(arch, res["registers"], res["shared_bytes"], target.threads_per_block)
-    return {
+    record = {
         **res,
         "threads_per_block": target.threads_per_block,
         "occupancy": occ["occupancy"],
@@ -320,6 +492,20 @@ def compile_target(target, arch: Arch, ptxas: str) -> dict:
         "limiter": occ["limiter"],
         "f64_instructions": sum(f64.values()),
         "f64_ops": dict(sorted(f64.items())),
+    }
+    return record, code
+
+
+def _loop_fields(loop: dict | None) -> dict:
+    """The main loop's figures as record fields; all None for a kernel with no FFMA loop (or
+    where nvdisasm is missing: the report says why once, in its toolchain)."""
+    loop = loop or {}
+    return {
+        "ffma_share": loop.get("ffma_share"),
+        "loop_instructions": loop.get("instructions"),
+        "loop_ffma": loop.get("ffma"),
+        "loop_global_loads": loop.get("global_loads"),
+        "loop_loads_in_flight": loop.get("loads_in_flight"),
     }
 
 
@@ -335,7 +521,7 @@ def _record(module, kernel, config, arch, signature=None, threads=None, error=No
     }
 
 
-def resources(targets, arch: str = DEFAULT_ARCH, *, module: str | None = None) -> list[dict]:
+def resources(targets, arch: str = DEFAULT_ARCH, *, module: str | None = None, tools: dict | None = None) -> list[dict]:
     """Compile ``targets`` (CompileTargets) for ``arch``: one record each, failures included.
 
     What the benchmarks call to stamp a kernel's registers and occupancy beside its timings:
@@ -346,19 +532,43 @@ def resources(targets, arch: str = DEFAULT_ARCH, *, module: str | None = None) -
     A record has kernel, config, arch, signature, registers, spill_bytes (stores + loads),
     local_bytes (the stack frame: local memory per thread), shared_bytes (static),
     threads_per_block, occupancy (0 to 1), blocks_per_sm, warps_per_sm, limiter,
-    f64_instructions and f64_ops; a kernel that failed to compile has ``error`` set and no
-    figures. Raises ReportError where the compiler is missing.
+    f64_instructions, f64_ops, and the main loop's ffma_share, loop_instructions, loop_ffma,
+    loop_global_loads and loop_loads_in_flight (None without an FFMA loop or without nvdisasm);
+    a kernel that failed to compile has ``error`` set and no figures. Raises ReportError where
+    the compiler is missing. ``module``: one name for all, or a list, one per target. ``tools``:
+    :func:`toolchain`'s answer, when the caller has it already.
     """
     spec = arch_of(arch)
-    ptxas = toolchain()["ptxas_path"]
-    records = []
-    for t in targets:
-        base = dict(module=module, kernel=t.kernel, config=t.config, arch=arch, signature=t.signature, threads=t.threads_per_block)
+    tools = tools or toolchain()
+    modules = module if isinstance(module, list) else [module] * len(targets)
+    records, codes = [], []
+    for t, mod in zip(targets, modules):
+        base = dict(module=mod, kernel=t.kernel, config=t.config, arch=arch, signature=t.signature, threads=t.threads_per_block)
         try:
-            records.append(_record(**base, **compile_target(t, spec, ptxas)))
+            fields, code = compile_target(t, spec, tools["ptxas_path"])
+            records.append(_record(**base, **fields))
+            codes.append(code)
         except Exception as exc:  # a kernel that does not compile is a finding, not a crash
             records.append(_record(**base, error=_one_line(exc)))
+            codes.append(None)
+    _add_main_loops(records, codes, spec, tools["nvdisasm_path"])
     return records
+
+
+def _add_main_loops(records: list[dict], codes: list, spec: Arch, nvdisasm: str | None) -> None:
+    """Each compiled record's main-loop fields: None where nvdisasm is missing (the report says so
+    once) and, if nvdisasm fails, the one-line reason in ``sass_error``."""
+    done = [(rec, code) for rec, code in zip(records, codes) if code is not None]
+    loops, error = [None] * len(done), None
+    if nvdisasm and done:
+        try:
+            loops = main_loops([code for _, code in done], spec, nvdisasm)
+        except Exception as exc:  # a disassembler that cannot read the code costs a column, not the report
+            error = _one_line(exc)
+    for (rec, _), loop in zip(done, loops):
+        rec.update(_loop_fields(loop))
+        if error:
+            rec["sass_error"] = error
 
 
 def collect_targets() -> tuple[list[tuple[str, object]], list[dict]]:
@@ -389,11 +599,14 @@ def report(archs, *, progress=None) -> dict:
     for spec in specs:
         if progress:
             progress(f"compiling {len(pairs)} kernels for {spec.name} (NVVM {tools['nvvm']}, ptxas {tools['ptxas']}) ...")
-        for module, target in pairs:
-            records += resources([target], spec.name, module=module)
+        records += resources([t for _, t in pairs], spec.name, module=[m for m, _ in pairs], tools=tools)
         records += [{**f, "arch": spec.name} for f in failures]
-    tools = {k: v for k, v in tools.items() if k != "ptxas_path"}
-    return {"toolchain": tools, "kernels": records}
+    if tools["nvdisasm_path"] is None and progress:
+        progress(NO_NVDISASM)
+    public = {k: v for k, v in tools.items() if not k.endswith("_path")}
+    if tools["nvdisasm_path"] is None:
+        public["sass_note"] = NO_NVDISASM
+    return {"toolchain": public, "kernels": records}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +614,19 @@ def report(archs, *, progress=None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 COLUMNS = ("kernel", "configuration", "registers", "spills (B)", "stack (B)", "shared (B)",
-           "threads/block", "occupancy", "limited by", "f64 instr.")
+           "threads/block", "occupancy", "limited by", "f64 instr.", "FFMA share of main loop")
+
+#: The modules whose kernels are matrix products (the ladder, the fused layers, the convolutions
+#: as implicit GEMMs): the table shows their ffma_share; the JSON has it for every kernel.
+MATMUL_MODULES = ("matmul", "fused", "conv")
+
+
+def _ffma_cell(rec: dict) -> str:
+    if rec.get("module") not in MATMUL_MODULES:
+        return ""
+    if rec.get("ffma_share") is None:
+        return "-"  # no loop with an FFMA (or no nvdisasm: said once, under the table)
+    return f"{rec['ffma_share']:.1%} ({rec['loop_ffma']}/{rec['loop_instructions']})"
 
 
 def _row(rec: dict) -> list[str]:
@@ -409,7 +634,8 @@ def _row(rec: dict) -> list[str]:
         return [rec["kernel"], rec["config"] or "", "FAILED: " + rec["error"], *[""] * (len(COLUMNS) - 3)]
     occ = f"{rec['occupancy']:.1%} ({rec['warps_per_sm']}/{rec['max_warps_per_sm']} warps)"
     return [rec["kernel"], rec["config"], str(rec["registers"]), str(rec["spill_bytes"]), str(rec["local_bytes"]),
-            str(rec["shared_bytes"]), str(rec["threads_per_block"]), occ, rec["limiter"], str(rec["f64_instructions"])]
+            str(rec["shared_bytes"]), str(rec["threads_per_block"]), occ, rec["limiter"], str(rec["f64_instructions"]),
+            _ffma_cell(rec)]
 
 
 def table(records: list[dict]) -> str:
@@ -456,9 +682,12 @@ def readme_section(result: dict, arch: str = README_ARCH) -> str:
         _para(
             f"Every kernel the `cuda` engine launches, at the configuration and argument types it launches "
             f"with, compiled for {arch} by NVVM and ptxas on a machine with no GPU (`rawgpu kernels --arch {arch}`; "
-            f"numba-cuda {tools['numba-cuda']}, NVVM {tools['nvvm']}, ptxas {tools['ptxas']}). Occupancy is "
+            f"numba-cuda {tools['numba-cuda']}, NVVM {tools['nvvm']}, ptxas {tools['ptxas']}, "
+            f"nvdisasm {tools.get('nvdisasm') or 'missing'}). Occupancy is "
             "theoretical: what the resources allow, before any memory stall. `f64 instr.` counts float64 "
-            "arithmetic and conversions in the PTX (zero there is zero in the machine code)."
+            "arithmetic and conversions in the PTX (zero there is zero in the machine code). `FFMA share` "
+            "(matrix products only) is the fraction of fused multiply-adds among the instructions of the "
+            "kernel's main loop in the machine code, with the FFMA and instruction counts in brackets."
         ),
         table(records),
         _para(
@@ -475,6 +704,22 @@ def readme_section(result: dict, arch: str = README_ARCH) -> str:
             f"{spec.max_warps} warp slots (`threads`), {spec.max_blocks} blocks per SM (`blocks`), the "
             f"{spec.regs_per_sm} registers of the register file (`registers`), or "
             f"{spec.smem_per_sm // 1024} KiB of shared memory (`shared memory`)."
+        ),
+        _para(
+            "**FFMA share of the main loop.** A matrix product's useful work is its fused multiply-adds: one "
+            "FFMA instruction is `c += a * b` for each of a warp's 32 threads, two FLOPs each. Everything else "
+            "in the loop over k (shared-memory loads, their address arithmetic, the loop counter and its "
+            f"branch) takes issue slots from them. Each of an {arch} SM's {spec.sub_partitions} warp schedulers "
+            "issues one instruction per cycle, and its FP32 units finish one warp's FFMA per cycle, so a loop "
+            "whose instructions are 25% FFMA can reach at most 25% of the FP32 peak, however well memory "
+            "keeps up; raising the share raises that ceiling. It is a ceiling, not a prediction: memory "
+            "stalls and occupancy come on top. The report finds the loop in the machine code that nvdisasm "
+            "disassembles (a branch back to an earlier instruction; its body runs from there to the branch): "
+            "the main loop is the one with the most FFMA, and of equals the shortest, so that the inner loop "
+            "over a tile's k wins over the loops around it. The JSON (`--json`) has it for every kernel "
+            "(null where no loop has an FFMA) with the loop's `loop_instructions`, `loop_ffma`, "
+            "`loop_global_loads`, and `loop_loads_in_flight`: the most global loads the loop issues before "
+            "it must wait for one (1 when each load is stored before the next is issued)."
         ),
         _para(
             f"**Why {b['registers']} registers left 7 of 8 warp slots empty.** Before this report existed, the "
@@ -532,6 +777,13 @@ def readme_section(result: dict, arch: str = README_ARCH) -> str:
             f" The most registers any kernel uses is {worst['registers']} (`{worst['kernel']}`, "
             f"{worst['config']}), for {worst['occupancy']:.1%} occupancy, limited by {worst['limiter']}."
         )
+    shares = [r for r in ok if r.get("module") in MATMUL_MODULES and r.get("ffma_share") is not None]
+    if shares:
+        low, high = min(shares, key=lambda r: r["ffma_share"]), max(shares, key=lambda r: r["ffma_share"])
+        summary += (
+            f" The FFMA share of the matrix products' main loops runs from {low['ffma_share']:.1%} "
+            f"(`{low['kernel']}`, {low['config']}) to {high['ffma_share']:.1%} (`{high['kernel']}`, {high['config']})."
+        )
     spilling = [r for r in ok if r["spill_bytes"]]
     summary += " No kernel spills." if not spilling else " Spilling: " + ", ".join(f"`{r['kernel']}` {r['config']}" for r in spilling) + "."
     failed = [r for r in records if r.get("error")]
@@ -553,8 +805,10 @@ def readme_stamp(text: str) -> dict | None:
     """The toolchain versions a README section was generated with (None if there is none)."""
     start, end = README_MARKERS
     section = text[text.find(start): text.find(end)]
-    match = re.search(r"numba-cuda (\S+), NVVM (\S+), ptxas (\S+)\)", section)
-    return None if match is None else {"numba-cuda": match.group(1), "nvvm": match.group(2), "ptxas": match.group(3)}
+    match = re.search(r"numba-cuda (\S+), NVVM (\S+), ptxas (\S+), nvdisasm (\S+)\)", section)
+    if match is None:
+        return None
+    return dict(zip(("numba-cuda", "nvvm", "ptxas", "nvdisasm"), match.groups()))
 
 
 # ---------------------------------------------------------------------------------------------

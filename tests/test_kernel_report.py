@@ -79,6 +79,93 @@ def test_f64_instructions_count_arithmetic_not_moves():
     assert kr.f64_instructions(ptx) == {"cvt.f64.f32": 1, "add.f64": 2, "cvt.rn.f32.f64": 1}
 
 
+# --- the machine code's main loop (no compiler needed: hand-written nvdisasm listings) -----------
+
+# Two nested loops, as nvdisasm prints a cubin: the outer one (.L_x_1) loads a tile from global
+# memory, the inner one (.L_x_2) does 4 FFMA in 8 instructions. Both hold the same 4 FFMA, so the
+# shorter, inner, loop is the main loop.
+NESTED = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0020*/                   STS [R9], R4 ;
+        /*0030*/                   LDG.E R5, desc[UR4][R2.64+0x4] ;
+        /*0040*/                   STS [R9+0x4], R5 ;
+        /*0050*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+.L_x_2:
+        /*0060*/                   LDS R10, [R8] ;
+        /*0070*/                   LDS R11, [R8+0x100] ;
+        /*0080*/                   FFMA R20, R10, R11.reuse, R20 ;
+        /*0090*/                   FFMA R21, R10, R11, R21 ;
+        /*00a0*/                   FFMA R22, R11, R10.reuse, R22 ;
+        /*00b0*/                   FFMA R23, R11, R10, R23 ;
+        /*00c0*/                   IADD3 R8, R8, 0x4, RZ ;
+        /*00d0*/               @P0 BRA `(.L_x_2) ;
+        /*00e0*/              @!P1 BRA `(.L_x_1) ;
+        /*00f0*/                   EXIT ;
+.L_x_3:
+        /*0100*/                   BRA `(.L_x_3);
+"""
+
+
+def test_main_loop_is_the_inner_loop_of_equal_ffma():
+    assert kr.main_loop(NESTED) == {
+        "instructions": 8, "ffma": 4, "ffma_share": 0.5, "global_loads": 0, "loads_in_flight": 0,
+    }
+
+
+def test_main_loop_is_the_ffma_richest():
+    """An outer loop with FFMA of its own beside the inner loop's has more, and wins, with every
+    instruction from its label to its branch (the inner loop's included)."""
+    sass = NESTED.replace("STS [R9+0x4], R5 ;", "FFMA R24, R4, R5, R24 ;")
+    loop = kr.main_loop(sass)
+    assert (loop["instructions"], loop["ffma"]) == (14, 5)
+    assert loop["global_loads"] == 2 and loop["loads_in_flight"] == 1  # the FFMA waits for both loads
+
+
+def test_loads_in_flight_counts_loads_issued_before_a_use():
+    one_by_one = kr.main_loop(NESTED.replace("@P0 BRA `(.L_x_2)", "NOP"))  # only the outer loop is left
+    assert (one_by_one["global_loads"], one_by_one["loads_in_flight"]) == (2, 1)
+    batched = NESTED.replace("STS [R9], R4 ;", "LDG.E.64 R6, desc[UR4][R2.64+0x8] ;").replace(
+        "BAR.SYNC.DEFER_BLOCKING 0x0 ;", "STS [R9], R4 ;").replace("@P0 BRA `(.L_x_2)", "NOP")
+    loop = kr.main_loop(batched)
+    assert (loop["global_loads"], loop["loads_in_flight"]) == (3, 3)
+    # R7, the upper half of the 64-bit load into R6, is waited for too.
+    waits = batched.replace("LDG.E R5, desc[UR4][R2.64+0x4] ;", "STS [R9+0x8], R7 ;")
+    assert kr.main_loop(waits)["loads_in_flight"] == 2
+
+
+def test_raw_listing_branches_to_addresses():
+    """Raw code (nvdisasm -b SM90, how the report disassembles) has no labels: targets are addresses."""
+    raw = "\n".join(line for line in NESTED.splitlines() if not line.startswith(".L_"))
+    raw = raw.replace("`(.L_x_2)", "0x60").replace("`(.L_x_1)", "0x10").replace("`(.L_x_3)", "0x100")
+    assert kr.main_loop(raw) == kr.main_loop(NESTED)
+
+
+@pytest.mark.parametrize("sass", [
+    "",
+    NESTED.replace("FFMA", "FMUL"),  # loops, none with an FFMA (the self-loop at the end has none)
+    NESTED.replace("@P0 BRA `(.L_x_2)", "NOP").replace("@!P1 BRA `(.L_x_1)", "@!P1 BRA `(.L_x_3)"),  # forward only
+])
+def test_no_ffma_loop_is_none(sass):
+    assert kr.main_loop(sass) is None
+
+
+def test_without_nvdisasm_ffma_share_is_null_and_said_once(monkeypatch):
+    """No disassembler: every other figure is there, ffma_share is null, and the report says why
+    once (in its toolchain and its progress), not per kernel."""
+    target = type("Target", (), {"kernel": "k", "config": "c", "signature": "void()", "threads_per_block": 32})()
+    tools = {"numba-cuda": "0", "nvvm": "0", "ptxas": "0", "ptxas_path": "ptxas", "nvdisasm": None, "nvdisasm_path": None}
+    monkeypatch.setattr(kr, "toolchain", lambda: tools)
+    monkeypatch.setattr(kr, "collect_targets", lambda: ([("matmul", target), ("matmul", target)], []))
+    monkeypatch.setattr(kr, "compile_target", lambda t, arch, ptxas: ({"registers": 40}, b"code"))
+    said = []
+    result = kr.report(["sm_90"], progress=said.append)
+    assert [r["ffma_share"] for r in result["kernels"]] == [None, None]
+    assert [r["registers"] for r in result["kernels"]] == [40, 40]
+    assert said.count(kr.NO_NVDISASM) == 1 and result["toolchain"]["sass_note"] == kr.NO_NVDISASM
+
+
 def test_table_shows_failures_in_one_row():
     rec = kr._record("matmul", "(matmul)", "", "sm_90", error="LookupError: no compile_targets()")
     rows = kr.table([rec]).splitlines()
@@ -205,6 +292,22 @@ def test_register_blocked_matmul_meets_the_register_budget(compiled, arch):
         assert r["registers"] <= budget, f"{r['config']} on {arch}: {r['registers']} registers > {budget}"
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_matmul_kernels_report_their_ffma_share(compiled, arch):
+    """Every matrix product (ladder, fused layers, convolutions) has a main loop of FFMA in its
+    machine code, where nvdisasm is installed (the cuda12 extra brings it)."""
+    result = compiled[arch][0]
+    if result["toolchain"].get("nvdisasm") is None:
+        pytest.skip(result["toolchain"]["sass_note"])
+    products = [r for r in result["kernels"] if r["module"] in kr.MATMUL_MODULES and r["kernel"] != "splitk_sum"]
+    assert len(products) >= 20
+    for r in products:
+        assert r["ffma_share"] is not None and 0 < r["ffma_share"] <= 1, (r["kernel"], r["config"], r["ffma_share"])
+        assert r["ffma_share"] == r["loop_ffma"] / r["loop_instructions"]
+    for r in result["kernels"]:  # the JSON has the field for every kernel, null or not
+        assert "ffma_share" in r, (r["kernel"], r["config"])
+
+
 def test_table_on_stdout(compiled):
     result, stdout, _, _ = compiled["sm_80"]
     rows = [line for line in stdout.splitlines() if line.startswith("| ")]
@@ -234,6 +337,7 @@ def test_readme_figures_are_current(compiled):
     text = _readme()
     stamp = kr.readme_stamp(text)
     tools = {k: result["toolchain"][k] for k in ("numba-cuda", "nvvm", "ptxas")}
+    tools["nvdisasm"] = result["toolchain"].get("nvdisasm") or "missing"
     if stamp != tools:
         pytest.skip(f"README.md was generated with {stamp}, this is {tools}; rerun {kr.README_COMMAND} to compare")
     expected = kr.splice(text, kr.readme_section(result), "README.md")
