@@ -280,12 +280,15 @@ def launch_bounds(threads: int, accumulators: int, blocks: int | None = None) ->
     return threads, max(1, 65536 // (budget * threads))
 
 
-def jit(threads: int, accumulators: int, blocks: int | None = None):
+def jit(threads: int, accumulators: int, blocks: int | None = None, *, bounded: bool = True):
     """``cuda.jit`` with :func:`launch_bounds` (and the disk cache of compiled kernels) on a GPU;
-    plain ``cuda.jit`` in the simulator, which has no registers to budget (and refuses the option)."""
+    plain ``cuda.jit`` in the simulator, which has no registers to budget (and refuses the option).
+    ``bounded=False`` leaves the register count to ptxas (the tiled rungs: see kernels/matmul/_tiles.py)."""
     from numba import config as numba_config
     from numba import cuda
 
     if numba_config.ENABLE_CUDASIM:
         return cuda.jit
+    if not bounded:
+        return cuda.jit(cache=True)
     return cuda.jit(cache=True, launch_bounds=launch_bounds(threads, accumulators, blocks))

@@ -17,7 +17,8 @@ out. What they do with those choices is the same three things, written once here
 
 Each is a *factory*: the tile sizes and layout flags are Python ints and bools closed over by the
 device function it returns, so Numba compiles them as constants (dead branches vanish, loops have
-constant trip counts). The device functions are declared ``inline="always"``: Numba splices them
+constant trip counts). The kernel itself is :func:`tiled_kernel`; a rung module passes its thread
+map and its tiles. The device functions are declared ``inline="always"``: Numba splices them
 into each kernel before typing, so a kernel compiles as one function for whatever architecture it
 is compiled for (see kernels/reductions.py for why that matters), and costs exactly what the same
 code written inside the kernel would.
@@ -26,21 +27,26 @@ Three things here are for the compiled machine code, found by reading it (``rawg
 reports each kernel's ``ffma_share``, the fraction of its main loop's instructions that are the
 multiply-adds it exists for):
 
-* **The inner loop is written out.** NVVM does not unroll ``for kk in range(bk)`` around a body
-  of 32 multiply-adds, so every step paid for a loop counter and recomputed each shared address
-  (an IMAD and a LEA per load). :func:`outer_products` calls its one-step function once per
-  ``kk`` with ``kk`` a constant, so every shared address is a base register plus a constant
-  offset, folded into the load instruction. ``bk`` is therefore capped at :data:`MAX_BK`.
 * **Indexes are 32-bit and unsigned.** Numba indexes with 64-bit signed integers and wraps a
-  negative index around (Python's ``a[-1]``), a compare and select per index. A ``uint32`` index
-  cannot be negative, so there is no wraparound, and 32-bit arithmetic is half the instructions of
-  64-bit on a GPU.
+  negative index around (Python's ``a[-1]``): a compare and a select per index, and address
+  arithmetic the compiler cannot fold. A ``uint32`` index cannot be negative, so there is no
+  wraparound, and each shared address becomes one base register plus a constant offset folded
+  into the load. All of an index or none of it: Numba compares a uint64 with an int64 *as
+  float64*, so sizes are cast too (``uint32(c.shape[0])``).
+* **The inner loop counts with a uint32.** ``for kk in range(bk)`` keeps a 64-bit trip count that
+  NVVM does not unroll: every step paid for the count and recomputed each shared address. A
+  ``while`` over a uint32 counter it unrolls four steps at a time (:func:`outer_products`).
 * **Global loads are issued together.** The tile copy first loads every value a thread copies
   into registers, then stores them all to shared memory. Written as load, store, load, store, each
   store waits for its load; loads issued back to back are in flight together.
 
-Together these take the ``warptile`` main loop from 93 instructions for 32 FFMA (34%, the ``kk``
-loop) to 470 for 256 (54%, the whole ``k0`` loop with the copies) on sm_90, at 125 registers.
+And one thing is left out: ``launch_bounds``. With the code above, ptxas takes 40 to 80 registers
+for these kernels on its own, without spilling; told to fit 2 to 4 blocks per SM it spent the
+whole budget it was given instead (113 for ``warptile``) and spilled in ``blocktile1d``.
+
+Together these take the ``warptile`` main loop (sm_90, ptxas 12.9) from 93 instructions for 32
+FFMA (34.4%) at 116 registers and 25% occupancy to 183 instructions for 128 FFMA (69.9%) at 72-80
+registers and 37.5%; ``blocktile2d``'s from 29.1% to 57-58%.
 """
 
 from __future__ import annotations
@@ -110,20 +116,6 @@ def tile_loader(rows: int, cols: int, threads: int, stored_transposed: bool, sha
     return load
 
 
-# One step kk of the inner loop, as source text: the thread's tm values of A and tn values of B
-# into registers, then their outer product into the accumulators. outer_products() writes it out
-# once per kk, with kk a literal (see the module's notes).
-_STEP = """
-    for r in range(tm):
-        a_reg[r] = {a_value}
-    for s in range(tn):
-        b_reg[s] = Bs[{kk}, uint32(j0 + s * b_step)]
-    for r in range(tm):
-        for s in range(tn):
-            acc[r, s] += a_reg[r] * b_reg[s]
-"""
-
-
 @functools.lru_cache(maxsize=None)
 def outer_products(bk: int, tm: int, tn: int, a_step: int, b_step: int, a_k_major: bool):
     """``steps(As, Bs, i0, j0, acc, a_reg, b_reg)``: the ``bk`` steps of the inner loop.
@@ -133,22 +125,26 @@ def outer_products(bk: int, tm: int, tn: int, a_step: int, b_step: int, a_k_majo
     ``Bs[kk, j0 + s * b_step]`` for ``s < tn`` into registers, then adds their outer product into
     the ``tm x tn`` accumulators: ``tm * tn`` multiply-adds for ``tm + tn`` shared loads.
 
-    NVVM does not unroll ``for kk in range(bk)`` around this body, and Numba has no ``#pragma
-    unroll``, so the loop is written out here: the function's source is the step of ``_STEP``
-    repeated for ``kk = 0, 1, ..., bk - 1``, each with ``kk`` a literal. (Written out by calling a
-    one-step device function ``bk`` times instead, the machine code is the same, but Numba's
-    inliner copies the whole function body at every level of nesting, and the compile takes
-    twice as long.)
+    The loop is a ``while`` over a uint32 counter, not ``for kk in range(bk)``: Numba lowers a
+    range loop with a 64-bit trip count that NVVM does not unroll (each step then paid for the
+    count and recomputed every shared address), while this loop it unrolls four steps at a time,
+    each shared address a base register plus a constant folded into the load.
     """
-    if not 1 <= bk <= MAX_BK:
-        raise ValueError(f"bk: the written-out inner loop takes 1..{MAX_BK} steps, got {bk}")
-    a_value = "As[{kk}, uint32(i0 + r * a_step)]" if a_k_major else "As[uint32(i0 + r * a_step), {kk}]"
-    source = "def steps(As, Bs, i0, j0, acc, a_reg, b_reg):" + "".join(
-        _STEP.format(kk=kk, a_value=a_value.format(kk=kk)) for kk in range(bk)
-    )
-    namespace = {"uint32": uint32, "tm": tm, "tn": tn, "a_step": a_step, "b_step": b_step}
-    exec(compile(source, f"<outer_products bk={bk} tm={tm} tn={tn}>", "exec"), namespace)
-    return cuda.jit(device=True, inline="always")(namespace["steps"])
+    @cuda.jit(device=True, inline="always")
+    def steps(As, Bs, i0, j0, acc, a_reg, b_reg):
+        kk = uint32(0)
+        while kk < uint32(bk):
+            for r in range(tm):
+                i = uint32(i0) + uint32(r * a_step)
+                a_reg[r] = As[kk, i] if a_k_major else As[i, kk]
+            for s in range(tn):
+                b_reg[s] = Bs[kk, uint32(j0) + uint32(s * b_step)]
+            for r in range(tm):
+                for s in range(tn):
+                    acc[r, s] += a_reg[r] * b_reg[s]
+            kk += uint32(1)
+
+    return steps
 
 
 @functools.lru_cache(maxsize=None)
@@ -314,7 +310,7 @@ def slice_gatherer(bm: int, bn: int, tm: int, tn: int, i_step: int, j_step: int,
 
 def tiled_kernel(thread_map, *, bm: int, bn: int, bk: int, tm: int, tn: int, i_step: int, j_step: int,
                  threads: int, a_k_major: bool, pad: int, trans_a: bool, trans_b: bool, epilogue: str,
-                 splits: int = 1, blocks_per_sm=None):
+                 splits: int = 1):
     """The tiled matmul ``kernel(a, b, c, e, split)`` of one rung: ``c = epilogue(op(a) @ op(b))``.
 
     A block computes the ``bm x bn`` tiles of C at column ``blockIdx.x * bn`` and rows
@@ -342,7 +338,10 @@ def tiled_kernel(thread_map, *, bm: int, bn: int, bk: int, tm: int, tn: int, i_s
     gather = slice_gatherer(bm, bn, tm, tn, i_step, j_step, threads, splits)
     a_shape, b_shape = shared_shapes(bm, bn, bk, pad, a_k_major)
 
-    @jit(threads, tm * tn, blocks_per_sm)
+    # No launch_bounds: with 32-bit indexes and the counted inner loop, ptxas takes 44-80 registers
+    # on its own (no spills), fewer than any bound set before; told to fit 2-4 blocks per SM it
+    # spent the whole budget instead (113 for warptile) and spilled in blocktile1d.
+    @jit(threads, tm * tn, bounded=False)
     def tiled(a, b, c, e, split):
         As = cuda.shared.array(a_shape, float32)
         Bs = cuda.shared.array(b_shape, float32)

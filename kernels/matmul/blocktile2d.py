@@ -13,13 +13,14 @@ What it changes. Shared loads per FMA fall to ``(tm + tn) / (tm * tn)``: 1/2 at 
 ``(1/bm + 1/bn) / 2``: 1/64 at the default 64 x 64. Now the thread's time goes to arithmetic.
 The price is registers: ``tm * tn`` accumulators plus ``tm + tn`` operands plus addresses per
 thread, and registers cap how many threads an SM holds (*occupancy*: 65536 registers per SM, at
-most 2048 threads). Left alone, ptxas spends up to 255 registers per thread on scheduling
-freedom (156 for an earlier 4 x 4 version of this kernel: 12.5% occupancy); the kernel therefore
-declares ``launch_bounds`` (CUDA C's ``__launch_bounds__``), which caps it at 64 registers for
-4 x 4 (50% occupancy) and 128 for 8 x 8. Its loops have compile-time trip counts, so the
-accumulator arrays live in registers, never in local memory. The compile report
-(``rawgpu kernels``) prints the counts. At 8 x 8 per thread (128 x 128 tiles) this code needs
-more than 128 registers and spills, so the default is 4 x 4. The anchor ladder (CUDA C, 8 x 8)
+most 2048 threads). ptxas may spend up to 255 registers per thread on scheduling freedom: an
+earlier 4 x 4 version of this kernel took 156 (12.5% occupancy), until ``launch_bounds`` (CUDA
+C's ``__launch_bounds__``) capped it at 64. The kernel of today (kernels/matmul/_tiles.py, with
+32-bit indexes and a counted inner loop) takes 64 on its own, 50% occupancy, with no bound set.
+Its loops have compile-time trip counts, so the accumulator arrays live in registers, never in
+local memory. The compile report (``rawgpu kernels``) prints the counts. At 8 x 8 per thread
+(128 x 128 tiles) an earlier version needed more than 128 registers and spilled, so the default
+is 4 x 4. The anchor ladder (CUDA C, 8 x 8)
 measures the step at 1.5x rung 4 (51% of cuBLAS on an H100).
 
 What is left on the table, on purpose (the next rung's idea): shared memory is laid out like the

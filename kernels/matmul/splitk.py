@@ -96,10 +96,9 @@ def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn:
     def thread_map(tx, ty):  # rung 6's: rows y + r * threads_y, columns x + s * threads_x
         return ty * threads_x + tx, ty, tx
 
-    # 3 blocks per SM (at most 85 registers), as rung 6.
     return tiled_kernel(thread_map, bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, i_step=threads_y, j_step=threads_x,
                         threads=threads_x * threads_y, a_k_major=True, pad=pad, trans_a=trans_a, trans_b=trans_b,
-                        epilogue=epilogue, splits=splits, blocks_per_sm=3)
+                        epilogue=epilogue, splits=splits)
 
 
 def check_workspace(cfg, m: int, n: int, workspace) -> None:

@@ -26,9 +26,12 @@ LLVM does not merge four adjacent scalar loads into one because it cannot prove 
 alignment. The compiled PTX of this rung has no ``.v4`` loads. So this rung takes the half of
 that step Numba can take: the transposed, conflict-free layout.
 
-Registers: ptxas needs a few more here than for rung 5 (the strided indices), so the launch
-bounds ask for 3 blocks of 256 threads per SM (at most 85 registers, 37.5% occupancy); at 4 blocks
-(64 registers) it spilled 4 bytes.
+(Not quite: ptxas does merge a thread's adjacent *shared* loads into 128-bit ``LDS.128`` on its
+own, which is why rung 5's ``Bs[kk, x*tn + s]`` reads cost fewer instructions than this rung's
+strided ones; ``rawgpu kernels`` shows both.)
+
+Registers: 40-48 per thread, 62.5-75% occupancy, with no launch bounds (see
+kernels/matmul/_tiles.py).
 """
 
 from __future__ import annotations
@@ -72,10 +75,9 @@ def kernel(trans_a: bool, trans_b: bool, bm: int, bn: int, bk: int, tm: int, tn:
         return ty * threads_x + tx, ty, tx
 
     # A's tile stored k-major (As[k, i], rows padded): a step reads a row of As, like a row of Bs.
-    # 3 blocks per SM (at most 85 registers).
     return tiled_kernel(thread_map, bm=bm, bn=bn, bk=bk, tm=tm, tn=tn, i_step=threads_y, j_step=threads_x,
                         threads=threads_x * threads_y, a_k_major=True, pad=pad,
-                        trans_a=trans_a, trans_b=trans_b, epilogue=epilogue, blocks_per_sm=3)
+                        trans_a=trans_a, trans_b=trans_b, epilogue=epilogue)
 
 
 if __name__ == "__main__":
