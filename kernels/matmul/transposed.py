@@ -26,9 +26,11 @@ LLVM does not merge four adjacent scalar loads into one because it cannot prove 
 alignment. The compiled PTX of this rung has no ``.v4`` loads. So this rung takes the half of
 that step Numba can take: the transposed, conflict-free layout.
 
-(Not quite: ptxas does merge a thread's adjacent *shared* loads into 128-bit ``LDS.128`` on its
-own, which is why rung 5's ``Bs[kk, x*tn + s]`` reads cost fewer instructions than this rung's
-strided ones; ``rawgpu kernels`` shows both.)
+One part of float4 happens anyway, below Numba: ptxas merges a thread's adjacent *shared* loads
+into 128-bit ``LDS.128`` by itself, so rung 5's ``Bs[kk, x*tn + s]`` (``tn`` adjacent floats)
+costs one load instruction where this rung's strided reads cost ``tn``. That is why this rung's
+main loop has the smaller FFMA share in ``rawgpu kernels`` (47% against 57%) though it has no bank
+conflicts: which one is faster is for a GPU to say.
 
 Registers: 40-48 per thread, 62.5-75% occupancy, with no launch bounds (see
 kernels/matmul/_tiles.py).

@@ -17,8 +17,8 @@ and those reads are broadcasts within groups of lanes. Fewer distinct shared add
 instruction, and a warp's part of the tile is a square-ish block whose operands could also be
 staged warp-locally (the next step in CUDA C, with shuffles or tensor cores). The tile size grows
 to 128 x 64 with 32 accumulators per thread, in 72-80 registers (3 blocks of 256 threads per SM,
-37.5% occupancy) without spills, and its main loop is 70% multiply-adds on sm_90 (kernels/
-matmul/_tiles.py says what that took). The anchor ladder measures
+37.5% occupancy) without spills, and its main loop is 70% multiply-adds on sm_90
+(kernels/matmul/_tiles.py says what that took). The anchor ladder measures
 warp tiling at 71% of cuBLAS on an H100 (CUDA C, with float4 loads Numba cannot emit).
 
 ``wm / tm * wn / tn`` threads share a warp tile: 32 on a GPU (one warp). The simulator's tests
