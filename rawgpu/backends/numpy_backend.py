@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Inputs of at least this many channels take the channels-last im2col (see the CNN ops).
+CHANNELS_LAST_MIN = 8
+#: The im2col chunk budget, in bytes: a few MB, so that the GEMM reads it from cache.
+CHUNK_BYTES = 4 << 20
+
 
 class NumpyBackend:
     name = "numpy"
@@ -121,91 +126,155 @@ class NumpyBackend:
     # --- the CNN's ops: im2col with stride tricks, then BLAS ---------------------------------
     #
     # im2col: every K x K window of the zero-padded image, as a view (sliding_window_view makes
-    # it from strides, no copy), copied once into a scratch matrix laid out for BLAS. The copy is
-    # K*K times the image, the price of turning a convolution into GEMMs; no Python loop ever
-    # runs over pixels. Two layouts, each chosen for the product that reads it (timed at the
+    # it from strides, no copy), copied into a scratch matrix laid out for BLAS, one GEMM with the
+    # weights. The copy is K*K times the image, the price of turning a convolution into GEMMs; no
+    # Python loop ever runs over pixels. Two layouts, each where it is the faster (timed at the
     # seed's shapes, batch 64, one BLAS thread):
     #
-    #   per image, (N, C K K, Ho Wo): the forward pass and the input gradient multiply the weights
-    #     by each image's block, and the products land straight in NCHW, with no transpose after.
-    #     The copy is the cheaper one too (its inner runs are whole rows of the image).
-    #   whole batch, (C K K, N Ho Wo): the weight gradient sums over images and pixels at once,
-    #     one GEMM; per-image products would need a sum over N products of the weights' size.
+    #   channels last, rows (N Ho Wo, K K C), for inputs of many channels (the seed's layers 2 and
+    #     3, and every input gradient). A window's row is then K runs of K*C contiguous floats
+    #     (K whole pixels of every channel), so the copy streams; one GEMM over many images makes
+    #     the product wide. The batch goes through in chunks of a few MB of im2col, which the GEMM
+    #     reads while it is still in cache: unchunked, its 40 MB (layer 2, batch 64) came back
+    #     from memory and the GEMM ran at two thirds of the speed.
+    #   channels first, per image (N, C K K, Ho Wo), for an input of one to a few channels (the
+    #     first layer). Channels last would copy runs of K*C = 5 to 15 floats; here the runs are
+    #     image rows, and the per-image products land straight in NCHW.
     #
     # The input gradient is the forward conv of dy with the flipped kernel, not a GEMM followed by
     # col2im (a scatter-add of K*K shifted slabs): at the seed's middle layer the col2im alone
     # took longer than this im2col and its GEMM together.
 
     def _padded(self, tag, x, pad):
-        """``x`` with ``pad`` zeros around each image plane, in a scratch buffer (the border is
-        zeroed once, when the buffer is made; only the inside is rewritten)."""
+        """``x`` (N, C, H, W) with ``pad`` zeros around each image plane, in a scratch buffer
+        (the border is zeroed once, when the buffer is made; only the inside is rewritten)."""
         if pad == 0:
             return x
         n, c, h, w = x.shape
-        key = (tag, (n, c, h + 2 * pad, w + 2 * pad), np.dtype(np.float32))
-        buf = self._scratch.get(key)
-        if buf is None:
-            buf = self._scratch[key] = np.zeros(key[1], np.float32)
+        buf = self._zeroed(tag, (n, c, h + 2 * pad, w + 2 * pad))
         buf[:, :, pad : pad + h, pad : pad + w] = x
         return buf
 
-    def _windows(self, tag, img, k, pad):
-        """The (N, C, Ho, Wo, k, k) view of every k x k window of ``img`` padded by ``pad``."""
-        return np.lib.stride_tricks.sliding_window_view(self._padded(tag, img, pad), (k, k), axis=(2, 3))
+    def _padded_nhwc(self, tag, x, pad):
+        """``x`` (N, C, H, W) as channels-last (N, H + 2 pad, W + 2 pad, C), zero-padded: one
+        transposing copy into the inside of a scratch buffer whose border stays zero."""
+        n, c, h, w = x.shape
+        buf = self._zeroed(tag, (n, h + 2 * pad, w + 2 * pad, c))
+        np.copyto(buf[:, pad : pad + h, pad : pad + w, :], x.transpose(0, 2, 3, 1))
+        return buf
 
-    def _im2col_per_image(self, tag, img, k, pad):
-        """(N, C k k, Ho Wo): for each image, the matrix whose column (y, x) holds the k x k
-        window under output pixel (y, x), channel by channel."""
-        win = self._windows(tag, img, k, pad)
-        n, c, ho, wo = win.shape[:4]
+    def _zeroed(self, tag, shape):
+        key = (tag, shape, np.dtype(np.float32))
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.zeros(shape, np.float32)
+        return buf
+
+    @staticmethod
+    def _channels_last(c):
+        return c >= CHANNELS_LAST_MIN
+
+    @staticmethod
+    def _images_per_chunk(n, row_floats, rows_per_image):
+        """How many images' im2col rows fit in the chunk budget (at least one)."""
+        return max(1, min(n, CHUNK_BYTES // (4 * row_floats * rows_per_image)))
+
+    def _chunks(self, tag, xp, k, ho, wo):
+        """For each chunk of images: (first image, count, its im2col rows (count Ho Wo, K K C)),
+        from the channels-last padded ``xp``. The rows live in one scratch buffer, rewritten per
+        chunk."""
+        n, c = xp.shape[0], xp.shape[3]
+        win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))  # (N, Ho, Wo, C, k, k)
+        step = self._images_per_chunk(n, k * k * c, ho * wo)
+        cols = self._buf(tag + "_cols", (step, ho, wo, k, k, c))
+        for first in range(0, n, step):
+            m = min(step, n - first)
+            np.copyto(cols[:m], win[first : first + m].transpose(0, 1, 2, 4, 5, 3))
+            yield first, m, cols[:m].reshape(m * ho * wo, k * k * c)
+
+    def _correlate_nhwc(self, tag, xp, w_t, k, out, bias):
+        """``out`` (N, O, Ho, Wo) = the correlation of the channels-last padded ``xp`` with the
+        weights ``w_t`` as (K K C, O), plus ``bias`` (or None): per chunk, one GEMM into
+        channels-last rows, then one transposing pass (with the bias) into NCHW."""
+        n, o, ho, wo = out.shape
+        step = self._images_per_chunk(n, w_t.shape[0], ho * wo)
+        y = self._buf(tag + "_y", (step * ho * wo, o))
+        for first, m, rows in self._chunks(tag, xp, k, ho, wo):
+            ym = y[: len(rows)]
+            np.matmul(rows, w_t, out=ym)
+            src = ym.reshape(m, ho * wo, o).transpose(0, 2, 1)
+            dst = out[first : first + m].reshape(m, o, ho * wo)
+            if bias is None:
+                np.copyto(dst, src)
+            else:
+                np.add(src, bias[:, None], out=dst)
+
+    def _correlate_per_image(self, tag, img, w2, k, pad, out):
+        """``out`` (N, O, Ho, Wo) = ``w2`` (O, C k k) times each image's (C k k, Ho Wo) im2col: a
+        stack of GEMMs, one per image, that NumPy's matmul hands to BLAS one after the other."""
+        n, o, ho, wo = out.shape
+        win = np.lib.stride_tricks.sliding_window_view(self._padded(tag, img, pad), (k, k), axis=(2, 3))
+        c = win.shape[1]
         cols = self._buf(tag + "_cols", (n, c, k, k, ho, wo))
         np.copyto(cols, win.transpose(0, 1, 4, 5, 2, 3))
-        return cols.reshape(n, c * k * k, ho * wo)
-
-    def _im2col_batch(self, tag, img, k, pad):
-        """(C k k, N Ho Wo): the same windows, every image's side by side."""
-        win = self._windows(tag, img, k, pad)
-        n, c, ho, wo = win.shape[:4]
-        cols = self._buf(tag + "_cols", (c, k, k, n, ho, wo))
-        np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
-        return cols.reshape(c * k * k, n * ho * wo)
-
-    def _correlate(self, tag, img, w2, k, pad, out):
-        """``out`` (N, O, Ho, Wo) = ``w2`` (O, C k k) times each image's im2col: a stack of GEMMs,
-        one per image, that NumPy's matmul hands to BLAS one after the other."""
-        n, o, ho, wo = out.shape
-        np.matmul(w2, self._im2col_per_image(tag, img, k, pad), out=out.reshape(n, o, ho * wo))
+        np.matmul(w2, cols.reshape(n, c * k * k, ho * wo), out=out.reshape(n, o, ho * wo))
 
     def conv2d(self, x, w, b, out, pad, relu):
-        o, k = w.shape[0], w.shape[2]
-        self._correlate("conv_fwd", x, w.reshape(o, -1), k, pad, out)
-        np.add(out, b[None, :, None, None], out=out)
+        o, c, k, _ = w.shape
+        if self._channels_last(c):
+            w_t = self._buf("conv_fwd_w", (k, k, c, o))
+            np.copyto(w_t, w.transpose(2, 3, 1, 0))  # rows (i, j, c), as the im2col rows
+            self._correlate_nhwc("conv_fwd", self._padded_nhwc("conv_fwd", x, pad), w_t.reshape(-1, o), k, out, b)
+        else:
+            self._correlate_per_image("conv_fwd", x, w.reshape(o, -1), k, pad, out)
+            np.add(out, b[:, None, None], out=out)
         if relu:
             np.maximum(out, 0.0, out=out)
 
     def conv2d_input_grad(self, dy, w, dx, pad):
         # A convolution of dy (padded by K - 1 - pad) with the kernel flipped in both spatial
-        # axes and its channel axes swapped (the derivation is in rawgpu/reference.py).
+        # axes and its channel axes swapped (the derivation is in rawgpu/reference.py): dy's O
+        # channels are its input channels, so channels last whenever the forward's were.
         o, c, k, _ = w.shape
-        flipped = self._buf("conv_flipped", (c, o, k, k))
-        np.copyto(flipped, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        self._correlate("conv_dx", dy, flipped.reshape(c, -1), k, k - 1 - pad, dx)
+        flipped = w[:, :, ::-1, ::-1]
+        back = k - 1 - pad
+        if self._channels_last(o):
+            w_t = self._buf("conv_dx_w", (k, k, o, c))
+            np.copyto(w_t, flipped.transpose(2, 3, 0, 1))
+            self._correlate_nhwc("conv_dx", self._padded_nhwc("conv_dx", dy, back), w_t.reshape(-1, c), k, dx, None)
+        else:
+            w2 = self._buf("conv_dx_w", (c, o, k, k))
+            np.copyto(w2, flipped.transpose(1, 0, 2, 3))
+            self._correlate_per_image("conv_dx", dy, w2.reshape(c, -1), k, back, dx)
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
         # dw[o, (c, i, j)] = sum over every output pixel (n, y, x) of dy[n, o, y, x] times the
-        # input under that pixel's window: one GEMM of im2col of x with dy as (N Ho Wo) x O.
-        # It is computed transposed, dw^T = cols dy^T, (C K K) x O: OpenBLAS runs that
-        # orientation of the same product about 1.5x faster at the seed's shapes (one thread),
-        # and turning the small dw^T around costs nothing.
+        # input under that pixel's window: a GEMM of the im2col rows with dy as (N Ho Wo, O),
+        # whose inner dimension is every pixel of the batch.
         n, o, ho, wo = dy.shape
-        cols = self._im2col_batch("conv_dw", x, dw.shape[2], pad)
-        dy_t = self._buf("conv_dy_t", (o, n, ho * wo))
-        np.copyto(dy_t, dy.reshape(n, o, ho * wo).transpose(1, 0, 2))  # dy is small: K*K times smaller than cols
-        dy_t = dy_t.reshape(o, n * ho * wo)
-        dw_t = self._buf("conv_dw_t", (cols.shape[0], o))
-        np.matmul(cols, dy_t.T, out=dw_t)
-        np.copyto(dw.reshape(o, -1), dw_t.T)
-        np.add.reduce(dy_t, axis=1, out=db)
+        c, k = x.shape[1], dw.shape[2]
+        dy_rows = self._buf("conv_dw_dy", (n, ho, wo, o))
+        np.copyto(dy_rows, dy.transpose(0, 2, 3, 1))
+        dy_rows = dy_rows.reshape(-1, o)
+        np.add.reduce(dy_rows, axis=0, out=db)
+        if self._channels_last(c):
+            dw_t = self._buf("conv_dw_t", (k * k * c, o))  # rows (i, j, c)
+            part = self._buf("conv_dw_part", dw_t.shape)
+            for first, m, rows in self._chunks("conv_dw", self._padded_nhwc("conv_dw", x, pad), k, ho, wo):
+                lo, hi = first * ho * wo, (first + m) * ho * wo
+                np.matmul(rows.T, dy_rows[lo:hi], out=dw_t if first == 0 else part)
+                if first:
+                    np.add(dw_t, part, out=dw_t)
+            np.copyto(dw, dw_t.reshape(k, k, c, o).transpose(3, 2, 0, 1))
+        else:
+            # Few channels: the whole batch's im2col as (C K K, N Ho Wo), every image's side by
+            # side, its inner runs image rows; dw^T = cols dy_rows, (C K K) x O.
+            win = np.lib.stride_tricks.sliding_window_view(self._padded("conv_dw", x, pad), (k, k), axis=(2, 3))
+            cols = self._buf("conv_dw_cols", (c, k, k, n, ho, wo))
+            np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
+            dw_t = self._buf("conv_dw_t", (c * k * k, o))
+            np.matmul(cols.reshape(c * k * k, -1), dy_rows, out=dw_t)
+            np.copyto(dw.reshape(o, -1), dw_t.T)
 
     # 2x2 max-pooling: the four corners of every window are four strided views of the image (no
     # copy), compared elementwise: three passes of whole-array NumPy, no per-window work.
