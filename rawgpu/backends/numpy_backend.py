@@ -175,9 +175,10 @@ class NumpyBackend:
         return c >= CHANNELS_LAST_MIN
 
     @staticmethod
-    def _images_per_chunk(n, row_floats, rows_per_image):
-        """How many images' im2col rows fit in the chunk budget (at least one)."""
-        return max(1, min(n, CHUNK_BYTES // (4 * row_floats * rows_per_image)))
+    def _images_per_chunk(n, image_bytes):
+        """How many of ``n`` images' im2col (``image_bytes`` each) fit in the chunk budget (at
+        least one)."""
+        return max(1, min(n, CHUNK_BYTES // image_bytes))
 
     def _chunks(self, tag, xp, k, ho, wo):
         """For each chunk of images: (first image, count, its im2col rows (count Ho Wo, K K C)),
@@ -185,7 +186,7 @@ class NumpyBackend:
         chunk."""
         n, c = xp.shape[0], xp.shape[3]
         win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))  # (N, Ho, Wo, C, k, k)
-        step = self._images_per_chunk(n, k * k * c, ho * wo)
+        step = self._images_per_chunk(n, 4 * k * k * c * ho * wo)
         cols = self._buf(tag + "_cols", (step, ho, wo, k, k, c))
         for first in range(0, n, step):
             m = min(step, n - first)
@@ -197,7 +198,7 @@ class NumpyBackend:
         weights ``w_t`` as (K K C, O), plus ``bias`` (or None): per chunk, one GEMM into
         channels-last rows, then one transposing pass (with the bias) into NCHW."""
         n, o, ho, wo = out.shape
-        step = self._images_per_chunk(n, w_t.shape[0], ho * wo)
+        step = self._images_per_chunk(n, 4 * w_t.shape[0] * ho * wo)  # as _chunks's
         y = self._buf(tag + "_y", (step * ho * wo, o))
         for first, m, rows in self._chunks(tag, xp, k, ho, wo):
             ym = y[: len(rows)]
