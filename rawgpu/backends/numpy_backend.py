@@ -11,8 +11,8 @@ import numpy as np
 
 #: Inputs of at least this many channels take the channels-last im2col (see the CNN ops).
 CHANNELS_LAST_MIN = 8
-#: The im2col chunk budget, in bytes: a few MB, so that the GEMM reads it from cache.
-CHUNK_BYTES = 4 << 20
+#: The im2col chunk budget, in bytes: small enough that the GEMM reads it back from cache.
+CHUNK_BYTES = 2 << 20
 
 
 class NumpyBackend:
@@ -126,53 +126,50 @@ class NumpyBackend:
     # --- the CNN's ops: im2col with stride tricks, then BLAS ---------------------------------
     #
     # im2col: every K x K window of the zero-padded image, as a view (sliding_window_view makes
-    # it from strides, no copy), copied into a scratch matrix laid out for BLAS, one GEMM with the
-    # weights. The copy is K*K times the image, the price of turning a convolution into GEMMs; no
-    # Python loop ever runs over pixels. Two layouts, each where it is the faster (timed at the
-    # seed's shapes, batch 64, one BLAS thread):
+    # it from strides, no copy), copied into a scratch matrix laid out for BLAS, then GEMMs with
+    # the weights. The copy is K*K times the image, the price of turning a convolution into
+    # GEMMs; no Python loop ever runs over pixels. Timed at the seed's shapes, batch 64, one BLAS
+    # thread, three choices made it fast:
     #
-    #   channels last, rows (N Ho Wo, K K C), for inputs of many channels (the seed's layers 2 and
-    #     3, and every input gradient). A window's row is then K runs of K*C contiguous floats
-    #     (K whole pixels of every channel), so the copy streams; one GEMM over many images makes
-    #     the product wide. The batch goes through in chunks of a few MB of im2col, which the GEMM
-    #     reads while it is still in cache: unchunked, its 40 MB (layer 2, batch 64) came back
-    #     from memory and the GEMM ran at two thirds of the speed.
-    #   channels first, per image (N, C K K, Ho Wo), for an input of one to a few channels (the
-    #     first layer). Channels last would copy runs of K*C = 5 to 15 floats; here the runs are
-    #     image rows, and the per-image products land straight in NCHW.
+    #   Chunks. The batch goes through a few images at a time, about 2 MB of im2col, which the
+    #     GEMM reads back while it is still in cache. Whole-batch, the middle layer's 40 MB came
+    #     back from memory and its GEMM ran at two thirds of the speed.
+    #   Channels last, rows (Ho Wo, K K C) per image, for inputs of many channels (the seed's
+    #     layers 2 and 3, and their input gradients). A window's row is then K runs of K*C
+    #     contiguous floats (K whole pixels, every channel), so the copy streams, and one GEMM
+    #     takes the whole chunk: (m Ho Wo, K K C) x (K K C, O), channels-last output rows that
+    #     one transposing pass (adding the bias) puts into NCHW. Channels first, the same copy
+    #     ran in runs of an image row, 14 floats, and took longer than the GEMM.
+    #   Channels first, (C K K, Ho Wo) per image, for an input of one to a few channels (the first
+    #     layer), where channels last would copy runs of K*C = 5 to 15 floats. The runs are image
+    #     rows, and the per-image products land straight in NCHW.
     #
     # The input gradient is the forward conv of dy with the flipped kernel, not a GEMM followed by
     # col2im (a scatter-add of K*K shifted slabs): at the seed's middle layer the col2im alone
     # took longer than this im2col and its GEMM together.
 
-    def _padded(self, tag, x, pad):
-        """``x`` (N, C, H, W) with ``pad`` zeros around each image plane, in a scratch buffer
-        (the border is zeroed once, when the buffer is made; only the inside is rewritten)."""
-        if pad == 0:
-            return x
-        n, c, h, w = x.shape
-        buf = self._zeroed(tag, (n, c, h + 2 * pad, w + 2 * pad))
-        buf[:, :, pad : pad + h, pad : pad + w] = x
-        return buf
-
-    def _padded_nhwc(self, tag, x, pad):
-        """``x`` (N, C, H, W) as channels-last (N, H + 2 pad, W + 2 pad, C), zero-padded: one
-        transposing copy into the inside of a scratch buffer whose border stays zero."""
-        n, c, h, w = x.shape
-        buf = self._zeroed(tag, (n, h + 2 * pad, w + 2 * pad, c))
-        np.copyto(buf[:, pad : pad + h, pad : pad + w, :], x.transpose(0, 2, 3, 1))
-        return buf
-
     def _zeroed(self, tag, shape):
+        """A scratch buffer zeroed when it is made: the padded images keep their zero border."""
         key = (tag, shape, np.dtype(np.float32))
         buf = self._scratch.get(key)
         if buf is None:
             buf = self._scratch[key] = np.zeros(shape, np.float32)
         return buf
 
-    @staticmethod
-    def _channels_last(c):
-        return c >= CHANNELS_LAST_MIN
+    def _windows(self, tag, x, k, pad):
+        """The im2col view of ``x`` (N, C, H, W) padded by ``pad``: channels last, (N, Ho, Wo,
+        k, k, C) for inputs of many channels, else channels first, (N, C, k, k, Ho, Wo). The
+        padding is one copy into the inside of a scratch buffer (transposing, channels last)."""
+        n, c, h, w = x.shape
+        if c >= CHANNELS_LAST_MIN:
+            xp = self._zeroed(tag + "_pad", (n, h + 2 * pad, w + 2 * pad, c))
+            np.copyto(xp[:, pad : pad + h, pad : pad + w, :], x.transpose(0, 2, 3, 1))
+            return np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+        xp = x
+        if pad:
+            xp = self._zeroed(tag + "_pad", (n, c, h + 2 * pad, w + 2 * pad))
+            xp[:, :, pad : pad + h, pad : pad + w] = x
+        return np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3)
 
     @staticmethod
     def _images_per_chunk(n, image_bytes):
@@ -180,101 +177,84 @@ class NumpyBackend:
         least one)."""
         return max(1, min(n, CHUNK_BYTES // image_bytes))
 
-    def _chunks(self, tag, xp, k, ho, wo):
-        """For each chunk of images: (first image, count, its im2col rows (count Ho Wo, K K C)),
-        from the channels-last padded ``xp``. The rows live in one scratch buffer, rewritten per
-        chunk."""
-        n, c = xp.shape[0], xp.shape[3]
-        win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))  # (N, Ho, Wo, C, k, k)
-        step = self._images_per_chunk(n, 4 * k * k * c * ho * wo)
-        cols = self._buf(tag + "_cols", (step, ho, wo, k, k, c))
+    def _chunks(self, tag, windows):
+        """Copy the im2col view ``windows`` (N, ...) into scratch a chunk of images at a time;
+        yields (first image, image count, the chunk's copy). One buffer, rewritten per chunk."""
+        n, image = windows.shape[0], windows.shape[1:]
+        step = self._images_per_chunk(n, 4 * int(np.prod(image)))
+        cols = self._buf(tag + "_cols", (step, *image))
         for first in range(0, n, step):
             m = min(step, n - first)
-            np.copyto(cols[:m], win[first : first + m].transpose(0, 1, 2, 4, 5, 3))
-            yield first, m, cols[:m].reshape(m * ho * wo, k * k * c)
+            np.copyto(cols[:m], windows[first : first + m])
+            yield first, m, cols[:m]
 
-    def _correlate_nhwc(self, tag, xp, w_t, k, out, bias):
-        """``out`` (N, O, Ho, Wo) = the correlation of the channels-last padded ``xp`` with the
-        weights ``w_t`` as (K K C, O), plus ``bias`` (or None): per chunk, one GEMM into
-        channels-last rows, then one transposing pass (with the bias) into NCHW."""
+    def _correlate(self, tag, x, w, k, pad, out, bias=None):
+        """``out`` (N, O, Ho, Wo) = the correlation of ``x`` (N, C, H, W) padded by ``pad`` with
+        ``w`` (O, C, k, k), plus ``bias`` (O,) if given."""
         n, o, ho, wo = out.shape
-        step = self._images_per_chunk(n, 4 * w_t.shape[0] * ho * wo)  # as _chunks's
-        y = self._buf(tag + "_y", (step * ho * wo, o))
-        for first, m, rows in self._chunks(tag, xp, k, ho, wo):
-            ym = y[: len(rows)]
-            np.matmul(rows, w_t, out=ym)
-            src = ym.reshape(m, ho * wo, o).transpose(0, 2, 1)
-            dst = out[first : first + m].reshape(m, o, ho * wo)
-            if bias is None:
-                np.copyto(dst, src)
-            else:
-                np.add(src, bias[:, None], out=dst)
-
-    def _correlate_per_image(self, tag, img, w2, k, pad, out):
-        """``out`` (N, O, Ho, Wo) = ``w2`` (O, C k k) times each image's (C k k, Ho Wo) im2col: a
-        stack of GEMMs, one per image, that NumPy's matmul hands to BLAS one after the other."""
-        n, o, ho, wo = out.shape
-        win = np.lib.stride_tricks.sliding_window_view(self._padded(tag, img, pad), (k, k), axis=(2, 3))
-        c = win.shape[1]
-        cols = self._buf(tag + "_cols", (n, c, k, k, ho, wo))
-        np.copyto(cols, win.transpose(0, 1, 4, 5, 2, 3))
-        np.matmul(w2, cols.reshape(n, c * k * k, ho * wo), out=out.reshape(n, o, ho * wo))
+        c = x.shape[1]
+        windows = self._windows(tag, x, k, pad)
+        if c >= CHANNELS_LAST_MIN:
+            w_t = self._buf(tag + "_w", (k, k, c, o))
+            np.copyto(w_t, w.transpose(2, 3, 1, 0))  # rows (i, j, c), as the im2col's columns
+            w_t = w_t.reshape(k * k * c, o)
+            for first, m, cols in self._chunks(tag, windows):
+                y = self._buf(tag + "_y", (m * ho * wo, o))
+                np.matmul(cols.reshape(m * ho * wo, k * k * c), w_t, out=y)
+                src = y.reshape(m, ho * wo, o).transpose(0, 2, 1)  # channels last -> NCHW
+                dst = out[first : first + m].reshape(m, o, ho * wo)
+                if bias is None:
+                    np.copyto(dst, src)
+                else:
+                    np.add(src, bias[:, None], out=dst)
+        else:
+            w2 = self._buf(tag + "_w", (o, c, k, k))
+            np.copyto(w2, w)  # w may be a strided view (the flipped kernel)
+            w2 = w2.reshape(o, c * k * k)
+            for first, m, cols in self._chunks(tag, windows):
+                np.matmul(w2, cols.reshape(m, c * k * k, ho * wo), out=out[first : first + m].reshape(m, o, ho * wo))
+            if bias is not None:
+                np.add(out, bias[:, None, None], out=out)
 
     def conv2d(self, x, w, b, out, pad, relu):
-        o, c, k, _ = w.shape
-        if self._channels_last(c):
-            w_t = self._buf("conv_fwd_w", (k, k, c, o))
-            np.copyto(w_t, w.transpose(2, 3, 1, 0))  # rows (i, j, c), as the im2col rows
-            self._correlate_nhwc("conv_fwd", self._padded_nhwc("conv_fwd", x, pad), w_t.reshape(-1, o), k, out, b)
-        else:
-            self._correlate_per_image("conv_fwd", x, w.reshape(o, -1), k, pad, out)
-            np.add(out, b[:, None, None], out=out)
+        self._correlate("conv_fwd", x, w, w.shape[2], pad, out, b)
         if relu:
             np.maximum(out, 0.0, out=out)
 
     def conv2d_input_grad(self, dy, w, dx, pad):
         # A convolution of dy (padded by K - 1 - pad) with the kernel flipped in both spatial
-        # axes and its channel axes swapped (the derivation is in rawgpu/reference.py): dy's O
-        # channels are its input channels, so channels last whenever the forward's were.
-        o, c, k, _ = w.shape
-        flipped = w[:, :, ::-1, ::-1]
-        back = k - 1 - pad
-        if self._channels_last(o):
-            w_t = self._buf("conv_dx_w", (k, k, o, c))
-            np.copyto(w_t, flipped.transpose(2, 3, 0, 1))
-            self._correlate_nhwc("conv_dx", self._padded_nhwc("conv_dx", dy, back), w_t.reshape(-1, c), k, dx, None)
-        else:
-            w2 = self._buf("conv_dx_w", (c, o, k, k))
-            np.copyto(w2, flipped.transpose(1, 0, 2, 3))
-            self._correlate_per_image("conv_dx", dy, w2.reshape(c, -1), k, back, dx)
+        # axes and its channel axes swapped (the derivation is in rawgpu/reference.py).
+        k = w.shape[2]
+        self._correlate("conv_dx", dy, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), k, k - 1 - pad, dx)
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
-        # dw[o, (c, i, j)] = sum over every output pixel (n, y, x) of dy[n, o, y, x] times the
-        # input under that pixel's window: a GEMM of the im2col rows with dy as (N Ho Wo, O),
-        # whose inner dimension is every pixel of the batch.
+        # dw[o, c, i, j] = sum over every output pixel (n, y, x) of dy[n, o, y, x] times the
+        # input under that pixel's window: GEMMs of the im2col with dy whose inner dimension is
+        # the pixels, summed over the chunks (channels last: one GEMM per chunk) or over the
+        # images (channels first: one per image, (C K K, Ho Wo) x (Ho Wo, O), dy read as it is).
         n, o, ho, wo = dy.shape
         c, k = x.shape[1], dw.shape[2]
-        dy_rows = self._buf("conv_dw_dy", (n, ho, wo, o))
-        np.copyto(dy_rows, dy.transpose(0, 2, 3, 1))
-        dy_rows = dy_rows.reshape(-1, o)
-        np.add.reduce(dy_rows, axis=0, out=db)
-        if self._channels_last(c):
+        np.add.reduce(dy.reshape(n, o, ho * wo), axis=(0, 2), out=db)
+        windows = self._windows("conv_dw", x, k, pad)
+        if c >= CHANNELS_LAST_MIN:
+            dy_rows = self._buf("conv_dw_dy", (n, ho, wo, o))
+            np.copyto(dy_rows, dy.transpose(0, 2, 3, 1))
+            dy_rows = dy_rows.reshape(n * ho * wo, o)
             dw_t = self._buf("conv_dw_t", (k * k * c, o))  # rows (i, j, c)
             part = self._buf("conv_dw_part", dw_t.shape)
-            for first, m, rows in self._chunks("conv_dw", self._padded_nhwc("conv_dw", x, pad), k, ho, wo):
-                lo, hi = first * ho * wo, (first + m) * ho * wo
-                np.matmul(rows.T, dy_rows[lo:hi], out=dw_t if first == 0 else part)
+            for first, m, cols in self._chunks("conv_dw", windows):
+                rows = cols.reshape(m * ho * wo, k * k * c)
+                np.matmul(rows.T, dy_rows[first * ho * wo : (first + m) * ho * wo], out=dw_t if first == 0 else part)
                 if first:
                     np.add(dw_t, part, out=dw_t)
             np.copyto(dw, dw_t.reshape(k, k, c, o).transpose(3, 2, 0, 1))
         else:
-            # Few channels: the whole batch's im2col as (C K K, N Ho Wo), every image's side by
-            # side, its inner runs image rows; dw^T = cols dy_rows, (C K K) x O.
-            win = np.lib.stride_tricks.sliding_window_view(self._padded("conv_dw", x, pad), (k, k), axis=(2, 3))
-            cols = self._buf("conv_dw_cols", (c, k, k, n, ho, wo))
-            np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
+            per_image = self._buf("conv_dw_images", (n, c * k * k, o))
+            for first, m, cols in self._chunks("conv_dw", windows):
+                dy_t = dy[first : first + m].reshape(m, o, ho * wo).transpose(0, 2, 1)
+                np.matmul(cols.reshape(m, c * k * k, ho * wo), dy_t, out=per_image[first : first + m])
             dw_t = self._buf("conv_dw_t", (c * k * k, o))
-            np.matmul(cols.reshape(c * k * k, -1), dy_rows, out=dw_t)
+            np.add.reduce(per_image, axis=0, out=dw_t)
             np.copyto(dw.reshape(o, -1), dw_t.T)
 
     # 2x2 max-pooling: the four corners of every window are four strided views of the image (no
