@@ -87,3 +87,32 @@ def test_bad_arguments_get_one_line(call, match):
     rawgpu.use("numpy")
     with pytest.raises((ValueError, TypeError), match=match):
         call(lambda shape: np.zeros(shape, np.float32))
+
+
+# The numpy engine's two im2col layouts, channels last (inputs of CHANNELS_LAST_MIN channels or
+# more) and channels first (fewer channels), both in chunks of images. Each case is run twice
+# through the same scratch buffers, with fresh values, and with a chunk budget of two images' im2col,
+# so that the batch of 5 goes through as 2 + 2 + 1 (a partial last chunk; the weight gradient sums them).
+@pytest.mark.parametrize("c, o, pad", [(9, 8, 2), (8, 3, 0), (3, 9, 1), (2, 2, 2)], ids=["wide", "wide-in", "wide-out", "narrow"])
+def test_numpy_conv_layouts_and_chunks(rng, monkeypatch, c, o, pad):
+    from rawgpu.backends import numpy_backend
+
+    rawgpu.use("numpy")
+    n, h, w, k = 5, 6, 5, 3
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+
+    def chunks_of_two(row_floats, rows):  # im2col bytes per image: rows of K K channels floats
+        monkeypatch.setattr(numpy_backend, "CHUNK_BYTES", 2 * 4 * row_floats * rows)
+
+    for _ in range(2):
+        x, wt, b, dy = rand(rng, n, c, h, w), rand(rng, o, c, k, k), rand(rng, o), rand(rng, n, o, ho, wo)
+        chunks_of_two(k * k * c, ho * wo)
+        out = ops.conv2d(x, wt, b, pad=pad, out=poisoned((n, o, ho, wo)))
+        assert_close(out, reference.conv2d(x, wt, b, pad=pad), what="conv2d")
+        dw, db = ops.conv2d_weight_grad(x, dy, pad=pad, w_out=poisoned(wt.shape), b_out=poisoned(b.shape))
+        ref_dw, ref_db = reference.conv2d_weight_grad(x, dy, k, pad=pad)
+        assert_close(dw, ref_dw, what="conv2d weight grad")
+        assert_close(db, ref_db, what="conv2d bias grad")
+        chunks_of_two(k * k * o, h * w)  # the input gradient's im2col is dy's
+        dx = ops.conv2d_input_grad(dy, wt, pad=pad, out=poisoned(x.shape))
+        assert_close(dx, reference.conv2d_input_grad(dy, wt, pad=pad), what="conv2d input grad")

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Inputs of at least this many channels take the channels-last im2col (see the CNN ops).
+CHANNELS_LAST_MIN = 8
+#: The im2col chunk budget, in bytes: small enough that the GEMM reads it back from cache.
+CHUNK_BYTES = 2 << 20
+
 
 class NumpyBackend:
     name = "numpy"
@@ -121,91 +126,136 @@ class NumpyBackend:
     # --- the CNN's ops: im2col with stride tricks, then BLAS ---------------------------------
     #
     # im2col: every K x K window of the zero-padded image, as a view (sliding_window_view makes
-    # it from strides, no copy), copied once into a scratch matrix laid out for BLAS. The copy is
-    # K*K times the image, the price of turning a convolution into GEMMs; no Python loop ever
-    # runs over pixels. Two layouts, each chosen for the product that reads it (timed at the
-    # seed's shapes, batch 64, one BLAS thread):
+    # it from strides, no copy), copied into a scratch matrix laid out for BLAS, then GEMMs with
+    # the weights. The copy is K*K times the image, the price of turning a convolution into
+    # GEMMs; no Python loop ever runs over pixels. Timed at the seed's shapes, batch 64, one BLAS
+    # thread, three choices made it fast:
     #
-    #   per image, (N, C K K, Ho Wo): the forward pass and the input gradient multiply the weights
-    #     by each image's block, and the products land straight in NCHW, with no transpose after.
-    #     The copy is the cheaper one too (its inner runs are whole rows of the image).
-    #   whole batch, (C K K, N Ho Wo): the weight gradient sums over images and pixels at once,
-    #     one GEMM; per-image products would need a sum over N products of the weights' size.
+    #   Chunks. The batch goes through a few images at a time, about 2 MB of im2col, which the
+    #     GEMM reads back while it is still in cache. Whole-batch, the middle layer's 40 MB came
+    #     back from memory and its GEMM ran at two thirds of the speed.
+    #   Channels last, rows (Ho Wo, K K C) per image, for inputs of many channels (the seed's
+    #     layers 2 and 3, and their input gradients). A window's row is then K runs of K*C
+    #     contiguous floats (K whole pixels, every channel), so the copy streams, and one GEMM
+    #     takes the whole chunk: (m Ho Wo, K K C) x (K K C, O), channels-last output rows that
+    #     one transposing pass (adding the bias) puts into NCHW. Channels first, the same copy
+    #     ran in runs of an image row, 14 floats, and took about as long as the GEMM.
+    #   Channels first, (C K K, Ho Wo) per image, for an input of one to a few channels (the first
+    #     layer), where channels last would copy runs of K*C = 5 to 15 floats. The runs are image
+    #     rows, and the per-image products land straight in NCHW.
     #
     # The input gradient is the forward conv of dy with the flipped kernel, not a GEMM followed by
-    # col2im (a scatter-add of K*K shifted slabs): at the seed's middle layer the col2im alone
-    # took longer than this im2col and its GEMM together.
+    # col2im (a scatter-add of K*K shifted slabs), which lost in either layout: channels last and
+    # chunked too, at the seed's middle layer (32 x 14 x 14, batch 64), 17 ms against this 9.7.
 
-    def _padded(self, tag, x, pad):
-        """``x`` with ``pad`` zeros around each image plane, in a scratch buffer (the border is
-        zeroed once, when the buffer is made; only the inside is rewritten)."""
-        if pad == 0:
-            return x
-        n, c, h, w = x.shape
-        key = (tag, (n, c, h + 2 * pad, w + 2 * pad), np.dtype(np.float32))
+    def _zeroed(self, tag, shape):
+        """A scratch buffer zeroed when it is made: the padded images keep their zero border."""
+        key = (tag, shape, np.dtype(np.float32))
         buf = self._scratch.get(key)
         if buf is None:
-            buf = self._scratch[key] = np.zeros(key[1], np.float32)
-        buf[:, :, pad : pad + h, pad : pad + w] = x
+            buf = self._scratch[key] = np.zeros(shape, np.float32)
         return buf
 
-    def _windows(self, tag, img, k, pad):
-        """The (N, C, Ho, Wo, k, k) view of every k x k window of ``img`` padded by ``pad``."""
-        return np.lib.stride_tricks.sliding_window_view(self._padded(tag, img, pad), (k, k), axis=(2, 3))
+    def _windows(self, tag, x, k, pad):
+        """The im2col view of ``x`` (N, C, H, W) padded by ``pad``: channels last, (N, Ho, Wo,
+        k, k, C) for inputs of many channels, else channels first, (N, C, k, k, Ho, Wo). The
+        padding is one copy into the inside of a scratch buffer (transposing, channels last)."""
+        n, c, h, w = x.shape
+        if c >= CHANNELS_LAST_MIN:
+            xp = self._zeroed(tag + "_pad", (n, h + 2 * pad, w + 2 * pad, c))
+            np.copyto(xp[:, pad : pad + h, pad : pad + w, :], x.transpose(0, 2, 3, 1))
+            return np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+        xp = x
+        if pad:
+            xp = self._zeroed(tag + "_pad", (n, c, h + 2 * pad, w + 2 * pad))
+            xp[:, :, pad : pad + h, pad : pad + w] = x
+        return np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3)).transpose(0, 1, 4, 5, 2, 3)
 
-    def _im2col_per_image(self, tag, img, k, pad):
-        """(N, C k k, Ho Wo): for each image, the matrix whose column (y, x) holds the k x k
-        window under output pixel (y, x), channel by channel."""
-        win = self._windows(tag, img, k, pad)
-        n, c, ho, wo = win.shape[:4]
-        cols = self._buf(tag + "_cols", (n, c, k, k, ho, wo))
-        np.copyto(cols, win.transpose(0, 1, 4, 5, 2, 3))
-        return cols.reshape(n, c * k * k, ho * wo)
+    @staticmethod
+    def _images_per_chunk(n, image_bytes):
+        """How many of ``n`` images' im2col (``image_bytes`` each) fit in the chunk budget (at
+        least one)."""
+        return max(1, min(n, CHUNK_BYTES // image_bytes))
 
-    def _im2col_batch(self, tag, img, k, pad):
-        """(C k k, N Ho Wo): the same windows, every image's side by side."""
-        win = self._windows(tag, img, k, pad)
-        n, c, ho, wo = win.shape[:4]
-        cols = self._buf(tag + "_cols", (c, k, k, n, ho, wo))
-        np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
-        return cols.reshape(c * k * k, n * ho * wo)
+    def _chunks(self, tag, windows):
+        """Copy the im2col view ``windows`` (N, ...) into scratch a chunk of images at a time;
+        yields (first image, image count, the chunk's copy). One buffer, rewritten per chunk."""
+        n, image = windows.shape[0], windows.shape[1:]
+        step = self._images_per_chunk(n, 4 * int(np.prod(image)))
+        cols = self._buf(tag + "_cols", (step, *image))
+        for first in range(0, n, step):
+            m = min(step, n - first)
+            np.copyto(cols[:m], windows[first : first + m])
+            yield first, m, cols[:m]
 
-    def _correlate(self, tag, img, w2, k, pad, out):
-        """``out`` (N, O, Ho, Wo) = ``w2`` (O, C k k) times each image's im2col: a stack of GEMMs,
-        one per image, that NumPy's matmul hands to BLAS one after the other."""
+    def _correlate(self, tag, x, w, k, pad, out, bias=None):
+        """``out`` (N, O, Ho, Wo) = the correlation of ``x`` (N, C, H, W) padded by ``pad`` with
+        ``w`` (O, C, k, k), plus ``bias`` (O,) if given."""
         n, o, ho, wo = out.shape
-        np.matmul(w2, self._im2col_per_image(tag, img, k, pad), out=out.reshape(n, o, ho * wo))
+        c = x.shape[1]
+        windows = self._windows(tag, x, k, pad)
+        if c >= CHANNELS_LAST_MIN:
+            w_t = self._buf(tag + "_w", (k, k, c, o))
+            np.copyto(w_t, w.transpose(2, 3, 1, 0))  # rows (i, j, c), as the im2col's columns
+            w_t = w_t.reshape(k * k * c, o)
+            for first, m, cols in self._chunks(tag, windows):
+                y = self._buf(tag + "_y", (m * ho * wo, o))
+                np.matmul(cols.reshape(m * ho * wo, k * k * c), w_t, out=y)
+                src = y.reshape(m, ho * wo, o).transpose(0, 2, 1)  # channels last -> NCHW
+                dst = out[first : first + m].reshape(m, o, ho * wo)
+                if bias is None:
+                    np.copyto(dst, src)
+                else:
+                    np.add(src, bias[:, None], out=dst)
+        else:
+            w2 = self._buf(tag + "_w", (o, c, k, k))
+            np.copyto(w2, w)  # w may be a strided view (the flipped kernel)
+            w2 = w2.reshape(o, c * k * k)
+            for first, m, cols in self._chunks(tag, windows):
+                np.matmul(w2, cols.reshape(m, c * k * k, ho * wo), out=out[first : first + m].reshape(m, o, ho * wo))
+            if bias is not None:
+                np.add(out, bias[:, None, None], out=out)
 
     def conv2d(self, x, w, b, out, pad, relu):
-        o, k = w.shape[0], w.shape[2]
-        self._correlate("conv_fwd", x, w.reshape(o, -1), k, pad, out)
-        np.add(out, b[None, :, None, None], out=out)
+        self._correlate("conv_fwd", x, w, w.shape[2], pad, out, b)
         if relu:
             np.maximum(out, 0.0, out=out)
 
     def conv2d_input_grad(self, dy, w, dx, pad):
         # A convolution of dy (padded by K - 1 - pad) with the kernel flipped in both spatial
         # axes and its channel axes swapped (the derivation is in rawgpu/reference.py).
-        o, c, k, _ = w.shape
-        flipped = self._buf("conv_flipped", (c, o, k, k))
-        np.copyto(flipped, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        self._correlate("conv_dx", dy, flipped.reshape(c, -1), k, k - 1 - pad, dx)
+        k = w.shape[2]
+        self._correlate("conv_dx", dy, w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), k, k - 1 - pad, dx)
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
-        # dw[o, (c, i, j)] = sum over every output pixel (n, y, x) of dy[n, o, y, x] times the
-        # input under that pixel's window: one GEMM of im2col of x with dy as (N Ho Wo) x O.
-        # It is computed transposed, dw^T = cols dy^T, (C K K) x O: OpenBLAS runs that
-        # orientation of the same product about 1.5x faster at the seed's shapes (one thread),
-        # and turning the small dw^T around costs nothing.
+        # dw[o, c, i, j] = sum over every output pixel (n, y, x) of dy[n, o, y, x] times the
+        # input under that pixel's window: GEMMs of the im2col with dy whose inner dimension is
+        # the pixels, summed over the chunks (channels last: one GEMM per chunk) or over the
+        # images (channels first: one per image, (C K K, Ho Wo) x (Ho Wo, O), dy read as it is).
         n, o, ho, wo = dy.shape
-        cols = self._im2col_batch("conv_dw", x, dw.shape[2], pad)
-        dy_t = self._buf("conv_dy_t", (o, n, ho * wo))
-        np.copyto(dy_t, dy.reshape(n, o, ho * wo).transpose(1, 0, 2))  # dy is small: K*K times smaller than cols
-        dy_t = dy_t.reshape(o, n * ho * wo)
-        dw_t = self._buf("conv_dw_t", (cols.shape[0], o))
-        np.matmul(cols, dy_t.T, out=dw_t)
-        np.copyto(dw.reshape(o, -1), dw_t.T)
-        np.add.reduce(dy_t, axis=1, out=db)
+        c, k = x.shape[1], dw.shape[2]
+        np.add.reduce(dy.reshape(n, o, ho * wo), axis=(0, 2), out=db)
+        windows = self._windows("conv_dw", x, k, pad)
+        if c >= CHANNELS_LAST_MIN:
+            dy_rows = self._buf("conv_dw_dy", (n, ho, wo, o))
+            np.copyto(dy_rows, dy.transpose(0, 2, 3, 1))
+            dy_rows = dy_rows.reshape(n * ho * wo, o)
+            dw_t = self._buf("conv_dw_t", (k * k * c, o))  # rows (i, j, c)
+            part = self._buf("conv_dw_part", dw_t.shape)
+            for first, m, cols in self._chunks("conv_dw", windows):
+                rows = cols.reshape(m * ho * wo, k * k * c)
+                np.matmul(rows.T, dy_rows[first * ho * wo : (first + m) * ho * wo], out=dw_t if first == 0 else part)
+                if first:
+                    np.add(dw_t, part, out=dw_t)
+            np.copyto(dw, dw_t.reshape(k, k, c, o).transpose(3, 2, 0, 1))
+        else:
+            per_image = self._buf("conv_dw_images", (n, c * k * k, o))
+            for first, m, cols in self._chunks("conv_dw", windows):
+                dy_t = dy[first : first + m].reshape(m, o, ho * wo).transpose(0, 2, 1)
+                np.matmul(cols.reshape(m, c * k * k, ho * wo), dy_t, out=per_image[first : first + m])
+            dw_t = self._buf("conv_dw_t", (c * k * k, o))
+            np.add.reduce(per_image, axis=0, out=dw_t)
+            np.copyto(dw.reshape(o, -1), dw_t.T)
 
     # 2x2 max-pooling: the four corners of every window are four strided views of the image (no
     # copy), compared elementwise: three passes of whole-array NumPy, no per-window work.
