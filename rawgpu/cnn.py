@@ -22,8 +22,8 @@ KERNEL, PAD = 5, 2  # every conv: 5x5, 'same' padding, stride 1
 CHANNELS = (32, 32, 64)  # the seed's conv widths
 
 
-#: Images per evaluation batch: the NumPy engine's im2col of a batch is K*K = 25 times its
-#: activations, so a smaller batch than the MLP's 1000 keeps that scratch in the tens of MB.
+#: Images per evaluation batch: smaller than the MLP's 1000, because a conv net's activations
+#: per image are many (the first stage alone is 32 x 32 x 32 floats for a CIFAR-10 image).
 EVAL_BATCH = 256
 
 

@@ -55,8 +55,10 @@ def estimate(*, n_train: int, n_test: int, in_features: int, hidden: int, classe
 def estimate_cnn(*, n_train: int, n_test: int, in_shape, hidden: int, classes: int, batch_size: int) -> dict:
     """The same parts for ``--model cnn`` (rawgpu.SmallCNN at the seed's widths). Per batch size
     it keeps, for each conv stage, its output ``h`` and ``dL/dh``, and the pooled ``p``, the
-    argmax and ``dL/dp``; the NumPy engine's scratch is dominated by im2col, ``C K K`` values per
-    output pixel of each conv, kept per stage for the forward pass and both gradients."""
+    argmax and ``dL/dp``; the NumPy engine's scratch is its im2col buffers, ``C K K`` values per
+    output pixel of each conv, made a chunk of images at a time (at most ``CHUNK_BYTES``, or one
+    image's), one per stage for the forward pass and each gradient, and the padded inputs."""
+    from rawgpu.backends.numpy_backend import CHUNK_BYTES
     from rawgpu.cnn import CHANNELS as channels
     from rawgpu.cnn import EVAL_BATCH as CNN_EVAL
     from rawgpu.cnn import KERNEL, param_shapes, stage_shapes
@@ -65,7 +67,14 @@ def estimate_cnn(*, n_train: int, n_test: int, in_shape, hidden: int, classes: i
     params = sum(int(np.prod(shape)) for shape in param_shapes(in_shape, channels, hidden, classes).values())
     stages = stage_shapes(in_shape, channels)
     per_image = sum(2 * c * h * w + 3 * c * (h // 2) * (w // 2) for c, h, w in stages) + 2 * hidden + 2 * classes
-    cols_per_image = sum(cin * KERNEL * KERNEL * h * w for cin, (_, h, w) in zip((in_shape[0], *channels[:2]), stages))
+    ins = list(zip((in_shape[0], *channels[:2]), stages))  # (input channels, the conv's output shape)
+    pad = KERNEL // 2
+
+    def cols(b):  # the im2col chunk of each stage at batch b
+        return sum(min(b * F32 * cin * KERNEL * KERNEL * h * w, max(CHUNK_BYTES, F32 * cin * KERNEL * KERNEL * h * w))
+                   for cin, (_, h, w) in ins)
+
+    padded_per_image = sum(cin * (h + 2 * pad) * (w + 2 * pad) for cin, (_, h, w) in ins)
     train_batches = {min(batch_size, n_train), n_train % batch_size} - {0}
     eval_batches = {min(CNN_EVAL, n_test), n_test % CNN_EVAL} - {0}
     batches = train_batches | eval_batches
@@ -74,10 +83,10 @@ def estimate_cnn(*, n_train: int, n_test: int, in_shape, hidden: int, classes: i
         "parameters": F32 * params,
         "gradients and velocities": 2 * F32 * params,
         "activations": sum(F32 * per_image * b for b in batches),
-        # Training batches: im2col for the forward pass and both gradients (3 per stage), and the
-        # products before the NCHW copy; evaluation batches: the forward pass's only.
-        "scratch": F32 * (sum(3 * cols_per_image * b + per_image * b for b in train_batches)
-                          + sum(cols_per_image * b for b in eval_batches)),
+        # Training batches: an im2col chunk for the forward pass and each gradient (3 per stage),
+        # the padded inputs, and the products before the NCHW copy; evaluation: the forward pass's.
+        "scratch": (sum(3 * cols(b) + F32 * (2 * padded_per_image + per_image) * b for b in train_batches)
+                    + sum(cols(b) + F32 * padded_per_image * b for b in eval_batches)),
         "host staging": F32 * max(n_train, n_test) * D * 2,
     }
 
