@@ -40,13 +40,15 @@ multiply-adds it exists for):
   into registers, then stores them all to shared memory. Written as load, store, load, store, each
   store waits for its load; loads issued back to back are in flight together.
 
-And one thing is left out: ``launch_bounds``. With the code above, ptxas takes 40 to 80 registers
-for these kernels on its own, without spilling; told to fit 2 to 4 blocks per SM it spent the
-whole budget it was given instead (113 for ``warptile``) and spilled in ``blocktile1d``.
+And one thing is mostly left out: ``launch_bounds``. With the code above, ptxas takes 40 to 80
+registers for these kernels on its own, without spilling; told to fit 2 to 4 blocks per SM it
+spent the whole budget it was given instead (113 for ``warptile``) and spilled in
+``blocktile1d``. Only ``blocktile2d`` keeps its bound: left alone it takes 64-65 registers on
+sm_90 and 68-76 on sm_80, one block short of 4 per SM.
 
 Together these take the ``warptile`` main loop (sm_90, ptxas 12.9) from 93 instructions for 32
 FFMA (34.4%) at 116 registers and 25% occupancy to 183 instructions for 128 FFMA (69.9%) at 72-80
-registers and 37.5%; ``blocktile2d``'s from 29.1% to 57-58%.
+registers and 37.5%; ``blocktile2d``'s from 29.1% to 49-52% (at its bound of 64).
 """
 
 from __future__ import annotations
@@ -310,7 +312,7 @@ def slice_gatherer(bm: int, bn: int, tm: int, tn: int, i_step: int, j_step: int,
 
 def tiled_kernel(thread_map, *, bm: int, bn: int, bk: int, tm: int, tn: int, i_step: int, j_step: int,
                  threads: int, a_k_major: bool, pad: int, trans_a: bool, trans_b: bool, epilogue: str,
-                 splits: int = 1):
+                 splits: int = 1, blocks_per_sm: int | None = None):
     """The tiled matmul ``kernel(a, b, c, e, split)`` of one rung: ``c = epilogue(op(a) @ op(b))``.
 
     A block computes the ``bm x bn`` tiles of C at column ``blockIdx.x * bn`` and rows
@@ -318,7 +320,8 @@ def tiled_kernel(thread_map, *, bm: int, bn: int, bk: int, tm: int, tn: int, i_s
     ``thread_map(tx, ty)`` is the rung's idea, the thread's place in the tile: it returns the
     thread's number ``tid`` and the tile row and column ``(i0, j0)`` of its first element; its
     others are ``i_step`` rows and ``j_step`` columns apart. ``e`` is the epilogue's operand
-    (see ``EPILOGUES``).
+    (see ``EPILOGUES``). ``blocks_per_sm``: ``launch_bounds`` asking ptxas to fit that many
+    blocks on an SM (None: no bound).
 
     ``split`` is ``()`` when ``splits`` is 1. Otherwise K is cut into ``splits`` slices, block
     ``blockIdx.z`` takes one, and ``split = (ws, done)`` is where the slices meet: ``ws`` float32
@@ -338,10 +341,11 @@ def tiled_kernel(thread_map, *, bm: int, bn: int, bk: int, tm: int, tn: int, i_s
     gather = slice_gatherer(bm, bn, tm, tn, i_step, j_step, threads, splits)
     a_shape, b_shape = shared_shapes(bm, bn, bk, pad, a_k_major)
 
-    # No launch_bounds: with 32-bit indexes and the counted inner loop, ptxas takes 44-80 registers
-    # on its own (no spills), fewer than any bound set before; told to fit 2-4 blocks per SM it
-    # spent the whole budget instead (113 for warptile) and spilled in blocktile1d.
-    @jit(threads, tm * tn, bounded=False)
+    # No launch_bounds unless the rung asks (blocks_per_sm): with 32-bit indexes and the counted
+    # inner loop, ptxas takes 40-80 registers on its own (no spills), fewer than any bound set
+    # before; told to fit 2-4 blocks per SM it spent the whole budget instead (113 for warptile)
+    # and spilled in blocktile1d.
+    @jit(threads, tm * tn, blocks_per_sm, bounded=blocks_per_sm is not None)
     def tiled(a, b, c, e, split):
         As = cuda.shared.array(a_shape, float32)
         Bs = cuda.shared.array(b_shape, float32)

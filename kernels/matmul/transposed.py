@@ -29,8 +29,9 @@ that step Numba can take: the transposed, conflict-free layout.
 One part of float4 happens anyway, below Numba: ptxas merges a thread's adjacent *shared* loads
 into 128-bit ``LDS.128`` by itself, so rung 5's ``Bs[kk, x*tn + s]`` (``tn`` adjacent floats)
 costs one load instruction where this rung's strided reads cost ``tn``. That is why this rung's
-main loop has the smaller FFMA share in ``rawgpu kernels`` (47% against 57%) though it has no bank
-conflicts: which one is faster is for a GPU to say.
+main loop has the smaller FFMA share in ``rawgpu kernels`` (47% against 49-52%, and against 57%
+for rung 5 left without its register bound) though it has no bank conflicts: which one is
+faster is for a GPU to say.
 
 Registers: 40-48 per thread, 62.5-75% occupancy, with no launch bounds (see
 kernels/matmul/_tiles.py).
