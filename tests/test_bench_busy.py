@@ -30,7 +30,7 @@ def _run(bench, monkeypatch, seconds):
     monkeypatch.setattr(bench.train, "run_rawgpu", lambda *args: records)
     ds = SimpleNamespace(train_labels=np.zeros(1000))
     point = {"hidden": 128, "batch": 128, "roles": ["main"], "epochs": len(seconds)}
-    return bench.train.run_one("rawgpu-numpy", point, ds, {"seed": 0, "profile_steps": 0}, None)
+    return bench.train.run_one("rawgpu-numpy", point, ds, {"seed": 0, "profile_steps": 0, "model": "mlp", "activation": "none"}, None)
 
 
 def test_a_wide_spread_of_epoch_times_is_marked_with_the_load_average(bench, monkeypatch):
