@@ -39,8 +39,9 @@ def test_a_wide_spread_of_epoch_times_is_marked_with_the_load_average(bench, mon
     assert not quiet["wide_spread"] and busy["wide_spread"] and busy["epoch_spread"] == pytest.approx(2.0)
     result = {"runs": [quiet, busy], "load_average": {"before": [3.5, 2.0, 1.0], "after": [4.25, 3.0, 1.5]},
               "settings": {"hidden": 128, "batch_size": 128, "epochs": 4}}
-    _, rows, notes = bench.train.main_table(result)
-    assert "busy" not in rows[0][2] and rows[1][2].endswith("(busy: x2.0)")
+    headers, rows, notes = bench.train.main_table(result)
+    spread = headers.index("range of timed epochs")
+    assert "busy" not in rows[0][spread] and rows[1][spread].endswith("(busy: x2.0)")
     (note,) = notes
     assert "1 of 2 runs spread more than 1.5x" in note and "load average (1 min) 3.5 before the runs, 4.25 after" in note
     assert bench.train.busy_note({"runs": [quiet]}) is None
