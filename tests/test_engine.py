@@ -110,9 +110,14 @@ def test_rawgpu_info_runs_and_reports():
         assert "compute capability" in out.stdout
     # Numba's low-occupancy warning is off for rawgpu's own launches, and info says so.
     assert "warnings:   Numba's low-occupancy warning (a grid under 128 blocks) is off for rawgpu's own launches" in out.stdout
-    # The matmul autotuner's pick for each of the five training products, with its reason.
-    from rawgpu.kernels.matmul import VARIANTS
+    # The matmul autotuner's pick for each of the step's four matmul launches, with its reason;
+    # the output layer's product is inside the loss kernel, and info says so.
+    from rawgpu.kernels.matmul import TILED
 
-    picks = out.stdout.split("matmul:", 1)[1].splitlines()[1:]
-    assert [line.split(":")[0].strip() for line in picks] == ["128x128x784 NN", "128x10x128 NN", "128x10x128 TN", "128x128x10 NT", "784x128x128 TN"]
-    assert all(line.split(": ", 1)[1].split()[0] in VARIANTS and "(" in line for line in picks)
+    lines = out.stdout.split("matmul:", 1)[1].splitlines()[1:]
+    picks, rest = lines[:4], lines[4]
+    assert [line.split(": ")[:2] for line in picks] == [
+        ["linear_relu", "128x128x784 NN"], ["weight_grad", "128x10x128 TN"],
+        ["linear_backward_relu", "128x128x10 NT"], ["weight_grad", "784x128x128 TN"]]
+    assert all(line.split(": ", 2)[2].split()[0] in TILED and "(" in line for line in picks)
+    assert "inside the loss kernel" in rest
