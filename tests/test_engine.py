@@ -116,7 +116,7 @@ def test_rawgpu_info_runs_and_reports():
 
     lines = out.stdout.split("matmul:", 1)[1].splitlines()[1:]
     picks, rest = lines[:4], lines[4]
-    assert [line.split(": ")[:2] for line in picks] == [
+    assert [line.strip().split(": ")[:2] for line in picks] == [
         ["linear_relu", "128x128x784 NN"], ["weight_grad", "128x10x128 TN"],
         ["linear_backward_relu", "128x128x10 NT"], ["weight_grad", "784x128x128 TN"]]
     assert all(line.split(": ", 2)[2].split()[0] in TILED and "(" in line for line in picks)
