@@ -53,9 +53,10 @@ LAUNCH = {
         "threads": 32,
         "col_sum": {"threads_x": 8, "threads_y": 4},
         "row_threads_max": 16,
-        # Fixed rungs for the step in the simulator (the tuner's tiles are a GPU's): split-K and
-        # warp tiles, so that the step's tests run the two most intricate rungs.
-        "step_rungs": {"linear_relu": "splitk", "linear_backward_relu": "warptile", "weight_grad": "splitk"},
+        # Fixed rungs for the step in the simulator (the tuner's tiles are a GPU's): three rungs,
+        # split-K and warp tiles among them, so that the step's tests run the most intricate ones;
+        # weight_grad (two launches a step) on the cheapest to simulate, 2-D block tiles.
+        "step_rungs": {"linear_relu": "splitk", "linear_backward_relu": "warptile", "weight_grad": "blocktile2d"},
         "fused_threads": fused.SIM_THREADS,
     },
 }
