@@ -119,11 +119,10 @@ def _tap(k, kh, kw):
 
 
 @cuda.jit(device=True, inline="always")
-def _im2col_at(img, m, k, plane, width, kh, kw, pad):
-    """``im2col[m, k]``: image ``img`` (zero-padded by ``pad``) under kernel offset ``(i, j)`` of
-    channel ``c`` for output pixel ``(n, y, x)``; 0 where the window hangs over the padding."""
-    n, y, x = _pixel(m, plane, width)
-    c, i, j = _tap(k, kh, kw)
+def _window_at(img, n, y, x, c, i, j, pad):
+    """``im2col[(n, y, x), (c, i, j)]``: image ``img`` (zero-padded by ``pad``) under kernel offset
+    ``(i, j)`` of channel ``c`` for output pixel ``(n, y, x)``; 0 where the window hangs over the
+    padding. The kernels work out the pixel and the tap where they change, and hand them here."""
     hh = int32(y + i) - int32(pad)  # signed: the window may hang over the top or left edge
     ww = int32(x + j) - int32(pad)
     if 0 <= hh < int32(img.shape[2]) and 0 <= ww < int32(img.shape[3]):
@@ -171,6 +170,14 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
         for r in range(tm):
             for s in range(tn):
                 acc[r, s] = 0.0
+        # Each A value this thread copies sits in a fixed tile row (its pixel) at every step of K:
+        # the pixel's (n, y, x) is worked out once, here, and only the tap (c, i, j) per step.
+        pix_n = cuda.local.array(loads_a, uint32)
+        pix_y = cuda.local.array(loads_a, uint32)
+        pix_x = cuda.local.array(loads_a, uint32)
+        for load in range(loads_a):
+            m = row0 + (tid + load * threads) % bm
+            pix_n[load], pix_y[load], pix_x[load] = _pixel(m if m < m_len else 0, plane, w_out)
         for k0 in range(0, k_len, bk):
             # A tile: im2col, computed on the fly. Consecutive threads take consecutive pixels.
             for load in range(loads_a):
@@ -178,11 +185,11 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                 if even_a or idx < bk * bm:
                     kk = idx // bm
                     mm = idx - kk * bm
-                    m = row0 + mm
                     k = k0 + kk
                     v = float32(0.0)
-                    if m < m_len and k < k_len:
-                        v = _im2col_at(img, m, k, plane, w_out, kh, kw, pad)
+                    if row0 + mm < m_len and k < k_len:
+                        c, i, j = _tap(k, kh, kw)
+                        v = _window_at(img, pix_n[load], pix_y[load], pix_x[load], c, i, j, pad)
                     As[kk, mm] = v
             # B tile: the weights, read in place (flipped and transposed by index when flip).
             for load in range(loads_b):
@@ -264,6 +271,14 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
                 acc[r, s] = 0.0
         for q in range(sum_rows):
             rowsum[q] = 0.0
+        # Each B value this thread copies sits in a fixed tile column (its tap) at every step of
+        # K: the tap's (c, i, j) is worked out once, here, and only the pixel per step.
+        tap_c = cuda.local.array(loads_b, uint32)
+        tap_i = cuda.local.array(loads_b, uint32)
+        tap_j = cuda.local.array(loads_b, uint32)
+        for load in range(loads_b):
+            col = col0 + (tid + load * threads) // bk
+            tap_c[load], tap_i[load], tap_j[load] = _tap(col if col < n_len else 0, kh, kw)
         for k0 in range(0, k_len, bk):
             # Both tiles walk the pixels k with consecutive threads: contiguous in NCHW.
             for load in range(loads_a):
@@ -287,7 +302,8 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
                     k = k0 + kk
                     v = float32(0.0)
                     if col < n_len and k < k_len:
-                        v = _im2col_at(img, k, col, plane, w_out, kh, kw, pad)
+                        n, y, x = _pixel(k, plane, w_out)
+                        v = _window_at(img, n, y, x, tap_c[load], tap_i[load], tap_j[load], pad)
                     Bs[kk, jj] = v
             cuda.syncthreads()
             if sums_bias:  # the bias gradient, from the dy tile already here
