@@ -117,12 +117,20 @@ def _load_data(args, log):
         return data.load("sample")
 
 
+def say(msg: str) -> None:
+    """One line on stderr, in one write: ``print`` writes the text and its newline separately,
+    and a Ctrl-C or SIGTERM (raised between two Python steps) could land between them and put
+    ``rawgpu: terminated`` at the end of an epoch's line."""
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
 def _train(args) -> int:
     import rawgpu
     from rawgpu import outputs
     from rawgpu.train import TrainConfig, train
 
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = say
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, nesterov=args.nesterov, seed=args.seed, model=args.model, activation=args.activation,
@@ -182,7 +190,7 @@ def _train(args) -> int:
     )
     if records:
         last = records[-1]
-        print(f"final test accuracy {last['test_accuracy']:.4f} (test loss {last['test_loss']:.4f}) after epoch {last['epoch']}")
+        sys.stdout.write(f"final test accuracy {last['test_accuracy']:.4f} (test loss {last['test_loss']:.4f}) after epoch {last['epoch']}\n")
     if args.plot is not None:
         from rawgpu.plot import plot_metrics
 
@@ -210,13 +218,13 @@ def _run_command(argv) -> int:
         return _train(args)
     except MemoryError as exc:  # CuPy's OutOfMemoryError is a MemoryError too
         detail = str(exc).splitlines()[0] if str(exc) else "the allocation failed"
-        print(f"rawgpu: error: out of memory ({detail}); lower --hidden or --batch-size", file=sys.stderr)
+        say(f"rawgpu: error: out of memory ({detail}); lower --hidden or --batch-size")
         return 1
     except (ValueError, TypeError, OSError, EngineError, TrainingError, CheckpointError) as exc:
         if Signals.seen:  # a Ctrl-C or SIGTERM that surfaced inside C code as some other error
             raise KeyboardInterrupt from None
         # DataError, CheckpointError and OutputError are ValueErrors; their messages name the file or flag.
-        print(f"rawgpu: error: {exc}", file=sys.stderr)
+        say(f"rawgpu: error: {exc}")
         return 1
 
 

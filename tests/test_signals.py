@@ -135,3 +135,22 @@ def test_a_signal_while_the_checkpoint_is_saved_waits_for_the_metrics_line(capsy
     code, _, err = run(capsys, "train", *SAMPLE, "--epochs", "3", "--checkpoint-dir", str(tmp_path / "ck"), "--metrics", str(metrics))
     assert code == 143 and err.strip().splitlines()[-1] == "rawgpu: terminated", err
     assert ckpt.load(tmp_path / "ck")[2]["epochs_done"] == 1 and _epochs_in(metrics) == [1]
+
+
+def test_a_line_is_one_write_so_a_signal_cannot_split_it(monkeypatch):
+    """The command's lines reach stderr in one write each, text and newline together: a SIGTERM
+    raised between print's two writes once put "rawgpu: terminated" at the end of an epoch's line."""
+    from rawgpu import cli
+
+    writes = []
+
+    class Stream:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    cli.say("epoch 34/200: train loss 0.2444")
+    assert writes == ["epoch 34/200: train loss 0.2444\n"]
