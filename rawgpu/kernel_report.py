@@ -11,6 +11,9 @@ The real compiler can, and it needs no GPU and no driver:
 second and reports what the machine code uses: registers per thread, spill and stack bytes,
 static shared memory. From those and the architecture's per-SM limits follows the *theoretical
 occupancy*: how many of the SM's warp slots the kernel can fill, and which resource stops it.
+``nvdisasm`` (the ``nvidia-cuda-nvdisasm`` wheel, in the same extra) turns the machine code back
+into text, where the report finds each kernel's main loop and its ``ffma_share``: the fraction of
+its instructions that are the fused multiply-adds a matrix product exists for.
 
 Which kernels: each module of ``rawgpu.kernels`` lists the kernels it launches, with the
 compile-time configurations and argument types the ``cuda`` engine and the benchmarks use, in
