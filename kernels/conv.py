@@ -12,7 +12,7 @@ back. Here ``A`` is never stored: the kernel is the ladder's block-tiled matmul
 the ``bk x bm`` values it stages in shared memory, which image element ``A[m, k]`` is, and reads
 it straight from ``x`` (0 where the window hangs over the padding). Everything after the load --
 the inner product over the shared tiles (``outer_products`` of kernels/matmul/_tiles.py, with its
-written-out inner loop), the accumulators in registers -- is the matmul's.
+counted inner loop), the accumulators in registers -- is the matmul's.
 
 The three kernels of a training step, and which GEMM each is:
 

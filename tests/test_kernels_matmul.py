@@ -222,7 +222,6 @@ def test_config_overrides_and_block():
     ("smem", {"tile": 33}, "tile"),
     ("blocktile2d", {"bm": 128, "bn": 128, "tm": 2, "tn": 2}, "bm"),
     ("blocktile2d", {"bm": 128, "bn": 128, "bk": 64, "tm": 8, "tn": 8}, "bk"),
-    ("warptile", {"bk": 17}, "bk"),  # past the written-out inner loop's 16 steps
     ("splitk", {"splits": 70000}, "splits"),
 ])
 def test_config_rejects(variant, params, name):

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 #: Hardware limits every current NVIDIA GPU shares: threads per block and static shared memory.
 MAX_THREADS_PER_BLOCK = 1024
 MAX_SHARED_BYTES = 48 * 1024
-#: The deepest shared tile (in K) a tiled kernel takes: its inner loop is written out, a step per k.
-MAX_BK = 16
 
 #: The signature every rung is launched with: C-contiguous float32 matrices a, b, c.
 SIGNATURE = "void(float32[:, ::1], float32[:, ::1], float32[:, ::1])"
@@ -68,8 +66,6 @@ def make_config(variant, defaults, params, geometry):
         least = 0 if name == "pad" else 1  # padding may be none; everything else counts something
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
-    if "bk" in values and values["bk"] > MAX_BK:
-        raise ValueError(f"bk: at most {MAX_BK} (the tiled kernels write their inner loop out, one step per k), got {values['bk']}")
     block, tile_shape, shared = geometry(values)
     if shared > MAX_SHARED_BYTES:
         raise ValueError(f"bk: shared tiles need {shared} bytes, more than {MAX_SHARED_BYTES}; lower bk or the tile sizes")

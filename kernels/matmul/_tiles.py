@@ -57,7 +57,7 @@ import functools
 
 from numba import cuda, float32, int32, uint32
 
-from ._common import MAX_BK, jit
+from ._common import jit
 
 #: The epilogues: what a tiled kernel ``kernel(a, b, c, e)`` does between its accumulators and C.
 NONE = "none"  # c = op(a) @ op(b); e is not read (the launchers pass a)
@@ -179,6 +179,11 @@ def epilogue_store(epilogue: str, tm: int, tn: int, i_step: int, j_step: int):
     def store(c, e, acc, i0, j0):
         m = uint32(c.shape[0])
         n = uint32(c.shape[1])
+        bias = cuda.local.array(tn, float32)  # the thread's tn bias values, read once, not per row
+        if bias_relu:
+            for s in range(tn):
+                j = uint32(j0 + s * j_step)
+                bias[s] = e[j] if j < n else float32(0.0)
         for r in range(tm):
             i = uint32(i0 + r * i_step)
             if i < m:
@@ -187,7 +192,7 @@ def epilogue_store(epilogue: str, tm: int, tn: int, i_step: int, j_step: int):
                     if j < n:
                         v = acc[r, s]
                         if bias_relu:
-                            v += e[j]
+                            v += bias[s]
                             if v < float32(0.0):  # not max(): a NaN must pass, for the loss to see it
                                 v = float32(0.0)
                         if relu_mask:
@@ -255,7 +260,8 @@ def slice_gatherer(bm: int, bn: int, tm: int, tn: int, i_step: int, j_step: int,
     partial is in memory: it adds the planes in the fixed order ``z = 0, 1, ...`` into ``acc``
     (and ``sums``), sets the count back to 0 for the next launch, and returns True; the others
     return False (uniformly across each block). ``split`` is ``(ws, done)``; ``last`` is a shared
-    int32[1]. Rows past the tile's edge, and the slices past the end of K, store zeros.
+    int32[1]. Elements past the edge of C are neither stored nor read; a slice past the end of K
+    stores zeros.
     """
     slots = column_sum_slots(bn, threads)
 

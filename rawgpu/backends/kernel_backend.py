@@ -238,7 +238,7 @@ class KernelBackend:
         else:
             variant, cfg = self.matmul_pick(out.shape[0], out.shape[1], b.shape[1] if trans_b else b.shape[0], trans_a, trans_b)
         v = self.views
-        split = self._split_scratch("matmul", cfg, *out.shape)
+        split = self._split_scratch(cfg, *out.shape)
         workspace = tuple(map(v, split)) if split else None
         matmul.matmul(
             v(a), v(b), v(out), trans_a=trans_a, trans_b=trans_b, variant=variant,
@@ -256,11 +256,12 @@ class KernelBackend:
             hit = self.matmul_picks[key] = (variant, matmul.config(variant, **params), reason)
         return hit[0], hit[1]
 
-    def _split_scratch(self, tag, cfg, m, n):
+    def _split_scratch(self, cfg, m, n):
         """split-K's ``(ws, counters)`` for an m x n product at ``cfg`` (``()`` for a rung that
-        does not split), made once per shape and reused: stream order keeps one product's final
-        sums ahead of the next product's partials, and every launch leaves the counters zero."""
-        key = ("split", tag, cfg, m, n)
+        does not split), made once per shape and shared by every product of that shape: stream
+        order keeps one product's final sums ahead of the next product's partials, and every
+        launch leaves the counters zero."""
+        key = ("split", cfg, m, n)
         scratch = self._scratch.get(key)
         if scratch is None:
             scratch = self._scratch[key] = matmul.new_workspace(cfg, m, n, self.xp) or ()
@@ -319,18 +320,19 @@ class KernelBackend:
     # long as they live. A step passes the same arrays every time, so a step's launch is one dict
     # lookup and the call.
 
-    def _launch(self, arrays, plan, *plan_args, scalars=(), scratch=()):
+    def _launch(self, arrays, plan, *plan_args, scalars=()):
         """Launch ``plan(*plan_args)`` (the kernel's shape, configuration and stream) on the engine
-        arrays ``arrays`` followed by ``scalars`` and ``scratch``: the backend's own arguments
-        that ``plan_args`` determine (split-K's workspace), so they are no part of the key."""
+        arrays ``arrays`` followed by ``scalars``."""
         ready = self._ready.get((plan, *plan_args, *scalars, *ids(arrays)))
         if ready is None:
-            ready = self._prepare(arrays, plan, plan_args, scalars, scratch)
+            ready = self._prepare(arrays, plan, plan_args, scalars)
         ready[0]()
 
-    def _prepare(self, arrays, plan, plan_args, scalars, scratch, ready_key=None):
-        """The launch bound to its arguments, kept in ``self._ready`` under ``ready_key`` (the
-        plan, its arguments and the scalars by default) followed by the arrays' ids."""
+    def _prepare(self, arrays, plan, plan_args, scalars, scratch=(), ready_key=None):
+        """The launch bound to its arguments (the arrays' views, ``scalars``, then ``scratch``: the
+        backend's own arguments that ``plan_args`` determine, split-K's workspace), kept in
+        ``self._ready`` under ``ready_key`` (the plan, its arguments and the scalars by default)
+        followed by the arrays' ids."""
         key = (plan, *plan_args, *scalars)
         launch = self._launches.get(key, _UNPLANNED)
         if launch is _UNPLANNED:
@@ -372,7 +374,7 @@ class KernelBackend:
         else:
             variant = fixed[op]
             cfg = self.settings["matmul"][variant]
-        return variant, cfg, m, n, tuple(map(self.views, self._split_scratch(op, cfg, m, n)))
+        return variant, cfg, m, n, tuple(map(self.views, self._split_scratch(cfg, m, n)))
 
     def linear_relu(self, x, w, b, out):
         self._product("linear_relu", x, w, out, b)
