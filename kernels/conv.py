@@ -91,6 +91,24 @@ def sim_config():
     return config(**SIM_PARAMS)
 
 
+@functools.lru_cache(maxsize=None)
+def fitted(cfg, rows: int, cols: int):
+    """``cfg`` with a tile side longer than the GEMM's ``rows`` or ``cols`` cut to the next power
+    of two that holds them (and the thread's tile cut to match, where it was longer than that).
+
+    For the simulator: there every row and column of a tile is a Python computation, those past
+    the GEMM's edge included, and a narrow network's GEMMs are narrow (a first conv of width 1 is
+    a 2048 x 1 product for two CIFAR-10 images, which an 8-column tile computes 8 times over). A
+    GPU runs the tile's spare lanes in parallel for almost nothing, so the ``cuda`` engine keeps
+    its tiles."""
+    p = dict(cfg.params)
+    for tile, thread, side in (("bm", "tm", rows), ("bn", "tn", cols)):
+        cut = 1 << max(0, int(side) - 1).bit_length()  # the next power of two >= side
+        if cut < p[tile] and p[tile] % cut == 0 and cut % min(p[thread], cut) == 0:
+            p[tile], p[thread] = cut, min(p[thread], cut)
+    return config(**p)
+
+
 # The index arithmetic of the implicit GEMM is 32-bit and unsigned: a 64-bit division by a
 # run-time value (the plane, the width, the kernel's area) is a long call on a GPU, a 32-bit one
 # a few instructions, and an unsigned index needs no negative-index wraparound. (Sizes stay far

@@ -44,6 +44,16 @@ def number_arg(kind, *, minimum, inclusive=True, maximum=None):
     return parse
 
 
+def widths_arg(text):
+    """An argparse type: three comma-separated whole numbers >= 1, the CNN's conv widths."""
+    import argparse
+
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or not all(1 <= int(p) <= MAX_SIZE for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not three conv widths: give three whole numbers from 1 to {MAX_SIZE}, like 32,32,64")
+    return tuple(int(p) for p in parts)
+
+
 def _version() -> str:
     from rawgpu import __version__  # rawgpu/__init__ imports nothing heavy
 
@@ -85,6 +95,8 @@ def build_parser():
                     help="mlp: input -> hidden (ReLU) -> classes; cnn: the CIFAR-10 example's 3 conv + pool stages and 2 linear layers (default: %(default)s)")
     hp.add_argument("--activation", choices=("none", "relu"), default="none",
                     help="the CNN's: none (the seed's network, max-pool its only non-linearity) or relu after each conv and the first linear layer (default: %(default)s)")
+    hp.add_argument("--channels", metavar="C1,C2,C3", type=widths_arg, default=None,
+                    help="the CNN's three conv widths; narrow ones (4,4,8) make the simulator usable on real image sizes (default: 32,32,64, the seed's)")
     hp.add_argument("--hidden", type=number_arg(int, minimum=1, maximum=MAX_SIZE), default=None,
                     help="hidden units (the CNN's first linear layer) (default: 128 for mlp, 64 for cnn)")
     hp.add_argument("--seed", type=number_arg(int, minimum=0), default=0, help="seeds the initial weights and the shuffles (default: %(default)s)")
@@ -136,6 +148,10 @@ def _train(args) -> int:
         weight_decay=args.weight_decay, nesterov=args.nesterov, seed=args.seed, model=args.model, activation=args.activation,
         hidden=args.hidden if args.hidden is not None else (64 if args.model == "cnn" else 128),
     )
+    if args.channels is not None:
+        if args.model != "cnn":
+            raise ValueError("--channels applies to --model cnn; the MLP has no convolutions")
+        config.channels = args.channels
     config.validate()
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (the folder holding the checkpoint)")
@@ -171,11 +187,14 @@ def _train(args) -> int:
             "note: the simulator runs every CUDA thread as a Python thread, thousands of times slower "
             "than a GPU (it is for stepping through kernels on tiny data): keep --hidden and --batch-size "
             "small and cut the data with --limit-train/--limit-test"
+            + ("; for the CNN, narrow conv widths too (--channels 4,4,8)" if config.model == "cnn" and config.channels[0] > 8 else "")
         )
     if config.model == "cnn":
         from rawgpu.cnn import image_shape
 
-        network = f"cnn on {'x'.join(map(str, image_shape(dataset.train_images.shape[1:])))} images (activation {config.activation})"
+        shape = "x".join(map(str, image_shape(dataset.train_images.shape[1:])))
+        widths = ",".join(map(str, config.channels))
+        network = f"cnn on {shape} images (conv widths {widths}, hidden {config.hidden}, activation {config.activation})"
     else:
         network = f"network {dataset.train_images[0].size}-{config.hidden}-{dataset.num_classes}"
     log(

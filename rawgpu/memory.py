@@ -52,17 +52,19 @@ def estimate(*, n_train: int, n_test: int, in_features: int, hidden: int, classe
     }
 
 
-def estimate_cnn(*, n_train: int, n_test: int, in_shape, hidden: int, classes: int, batch_size: int) -> dict:
-    """The same parts for ``--model cnn`` (rawgpu.SmallCNN at the seed's widths). Per batch size
+def estimate_cnn(*, n_train: int, n_test: int, in_shape, hidden: int, classes: int, batch_size: int, channels=None) -> dict:
+    """The same parts for ``--model cnn`` (rawgpu.SmallCNN, at the seed's conv widths unless
+    ``channels`` gives others). Per batch size
     it keeps, for each conv stage, its output ``h`` and ``dL/dh``, and the pooled ``p``, the
     argmax and ``dL/dp``; the NumPy engine's scratch is its im2col buffers, ``C K K`` values per
     output pixel of each conv, made a chunk of images at a time (at most ``CHUNK_BYTES``, or one
     image's), one per stage for the forward pass and each gradient, and the padded inputs."""
     from rawgpu.backends.numpy_backend import CHUNK_BYTES
-    from rawgpu.cnn import CHANNELS as channels
+    from rawgpu.cnn import CHANNELS
     from rawgpu.cnn import EVAL_BATCH as CNN_EVAL
     from rawgpu.cnn import KERNEL, param_shapes, stage_shapes
 
+    channels = tuple(CHANNELS if channels is None else channels)
     D = in_shape[0] * in_shape[1] * in_shape[2]
     params = sum(int(np.prod(shape)) for shape in param_shapes(in_shape, channels, hidden, classes).values())
     stages = stage_shapes(in_shape, channels)

@@ -38,7 +38,7 @@ from rawgpu import engine as _engine
 from rawgpu import memory, metrics_file, ops, outputs, signals
 from rawgpu.atomic import atomic_file
 from rawgpu.graphs import StepGraphs, training_stream
-from rawgpu.cnn import ACTIVATIONS, SmallCNN, image_shape
+from rawgpu.cnn import ACTIVATIONS, CHANNELS, SmallCNN, image_shape
 from rawgpu.model import TwoLayerMLP
 from rawgpu.optim import SGD
 from rawgpu.progress import Progress
@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     model: str = "mlp"  # or "cnn", rawgpu.SmallCNN
     activation: str = "none"  # the CNN's: none (the seed's network) or relu; the MLP always has its ReLU
+    channels: tuple = CHANNELS  # the CNN's three conv widths (the seed's: 32, 32, 64)
 
     def validate(self) -> None:
         if self.model not in MODELS:
@@ -77,6 +78,12 @@ class TrainConfig:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.model == "mlp" and self.activation != "none":
             raise ValueError("--activation applies to --model cnn; the MLP always has its ReLU")
+        widths = tuple(self.channels) if isinstance(self.channels, (tuple, list)) else ()
+        if len(widths) != 3 or any(not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 1 <= c <= MAX_SIZE for c in widths):
+            raise ValueError(f"channels must be three whole numbers from 1 to {MAX_SIZE} (the CNN's conv widths, like 32,32,64), got {self.channels!r}")
+        self.channels = tuple(int(c) for c in widths)
+        if self.model == "mlp" and self.channels != CHANNELS:
+            raise ValueError("--channels applies to --model cnn; the MLP has no convolutions")
         for name in ("epochs", "batch_size", "hidden", "seed"):
             value = getattr(self, name)
             low = 0 if name == "seed" else 1
@@ -146,7 +153,7 @@ def _check_resumable(meta: dict, model: TwoLayerMLP, dataset_id: dict, config: "
             f"pass --model {kind} to resume it, or use another --checkpoint-dir (the checkpoint was left untouched)"
         )
     if meta["architecture"] != model.architecture:
-        flags = "--hidden and --activation" if kind == "cnn" else "--hidden"
+        flags = "--channels, --hidden and --activation" if kind == "cnn" else "--hidden"
         raise ckpt.CheckpointError(
             f"the checkpoint in {directory} is for a {_fmt_arch(meta['architecture'])} network, but this run builds "
             f"{_fmt_arch(model.architecture)}; pass the same {flags} (and data) as that run, or use another --checkpoint-dir "
@@ -161,7 +168,8 @@ def _check_resumable(meta: dict, model: TwoLayerMLP, dataset_id: dict, config: "
         )
     # Other settings may change on purpose (a lower learning rate for the last epochs): the run
     # goes on with the new ones, but says so, since the result is then not the uninterrupted run's.
-    old, new, default = meta["config"], asdict(config), asdict(TrainConfig())
+    # (Through JSON, as the checkpoint stored them: the conv widths are a tuple here, a list there.)
+    old, new, default = meta["config"], json.loads(json.dumps(asdict(config))), json.loads(json.dumps(asdict(TrainConfig())))
     # A setting an older checkpoint does not record (model, activation) had its default then.
     changed = [f"{k.replace('_', '-')} {old.get(k, default[k])!r} -> {new[k]!r}" for k in new
                if k != "epochs" and old.get(k, default[k]) != new[k]]
@@ -264,7 +272,7 @@ def _check_memory(eng, dataset, config: "TrainConfig", in_features: int) -> None
     sizes = dict(n_train=len(dataset.train_labels), n_test=len(dataset.test_labels), hidden=config.hidden,
                  classes=dataset.num_classes, batch_size=config.batch_size)
     if config.model == "cnn":
-        parts = memory.estimate_cnn(in_shape=image_shape(np.shape(dataset.train_images)[1:]), **sizes)
+        parts = memory.estimate_cnn(in_shape=image_shape(np.shape(dataset.train_images)[1:]), channels=config.channels, **sizes)
     else:
         parts = memory.estimate(in_features=in_features, **sizes)
     memory.check_fits(
@@ -376,7 +384,8 @@ def build_model(config: TrainConfig, dataset, in_features: int):
     channel layout (CIFAR-10 3x32x32, MNIST and Fashion 1x28x28), its linear input worked out."""
     if config.model == "cnn":
         in_shape = image_shape(np.shape(dataset.train_images)[1:])
-        return SmallCNN(in_shape, dataset.num_classes, activation=config.activation, seed=config.seed, hidden=config.hidden)
+        return SmallCNN(in_shape, dataset.num_classes, activation=config.activation, seed=config.seed,
+                        channels=config.channels, hidden=config.hidden)
     return TwoLayerMLP(in_features, config.hidden, dataset.num_classes, seed=config.seed)
 
 

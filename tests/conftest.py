@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from rawgpu.engine import probe_gpu  # noqa: E402  (imports CuPy at most, never numba.cuda)
+from rawgpu.engine import pace_simulator, probe_gpu  # noqa: E402  (imports CuPy at most, never numba.cuda)
 
 _GPU_OK, _GPU_WHY = probe_gpu()
 if os.environ.get("RAWGPU_TEST_SIM") == "1":
@@ -23,6 +23,7 @@ if os.environ.get("RAWGPU_TEST_SIM") == "1":
 KERNEL_ENGINE = "cuda" if _GPU_OK else "sim"
 if KERNEL_ENGINE == "sim":
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    pace_simulator()  # the kernel tests launch straight into the simulator, not through rawgpu.use
 
 
 def pytest_report_header(config):

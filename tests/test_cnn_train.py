@@ -42,7 +42,7 @@ def test_cnn_trains_on_cifar_files_and_resumes(capsys, cifar_dir, tmp_path):
     ckpt, metrics = tmp_path / "ckpt", tmp_path / "m.jsonl"
     code, out, err = run(capsys, *base(cifar_dir, ckpt, "--epochs", "1", "--metrics", str(metrics)))
     assert code == 0, err
-    assert "cnn on 3x32x32 images (activation none)" in err and "final test accuracy" in out
+    assert "cnn on 3x32x32 images (conv widths 32,32,64, hidden 64, activation none)" in err and "final test accuracy" in out
     from rawgpu import checkpoint
 
     params, _, meta = checkpoint.load(ckpt)
@@ -55,6 +55,8 @@ def test_cnn_trains_on_cifar_files_and_resumes(capsys, cifar_dir, tmp_path):
     assert_short_error(code, err, "--model cnn", "--model mlp")
     code, _, err = run(capsys, *base(cifar_dir, ckpt, "--epochs", "2", "--resume", "--activation", "relu"))
     assert_short_error(code, err, "activation none", "activation relu", "--activation")
+    code, _, err = run(capsys, *base(cifar_dir, ckpt, "--epochs", "2", "--resume", "--channels", "32,32,32"))
+    assert_short_error(code, err, "channels [32, 32, 64]", "channels [32, 32, 32]", "--channels")
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
     code, out, err = run(capsys, *base(cifar_dir, ckpt, "--epochs", "2", "--resume", "--metrics", str(metrics)))
     assert code == 0, err
@@ -65,6 +67,38 @@ def test_cnn_trains_on_cifar_files_and_resumes(capsys, cifar_dir, tmp_path):
 def test_activation_is_refused_for_the_mlp(capsys):
     code, _, err = run(capsys, "train", "--device", "numpy", "--dataset", "sample", "--activation", "relu")
     assert_short_error(code, err, "--activation applies to --model cnn")
+
+
+def test_channels_are_refused_for_the_mlp_and_checked(capsys):
+    code, _, err = run(capsys, "train", "--device", "numpy", "--dataset", "sample", "--channels", "4,4,8")
+    assert_short_error(code, err, "--channels applies to --model cnn")
+    for bad in ("4,4", "4,0,8", "a,b,c", "4,4,8,8"):
+        code, _, err = run(capsys, "train", "--model", "cnn", "--device", "numpy", "--dataset", "sample", "--channels", bad)
+        assert code == 2 and "--channels" in err and "three conv widths" in err, (bad, err)
+
+
+@pytest.mark.sim
+def test_cnn_trains_in_the_simulator_on_a_tiny_subset_of_cifar_files(capsys, cifar_dir, tmp_path):
+    """The CLI's CNN in the simulator, on CIFAR-10-format files at their real 3 x 32 x 32 size:
+    every kernel of the step runs, and one step of the real kernels lands where the NumPy engine's
+    does. The conv widths are 1, 1, 1 to keep it to seconds (the simulator runs each CUDA thread
+    as a Python thread; see the README for a run at 4, 4, 8)."""
+    params = {}
+    for device in ("sim", "numpy"):
+        ckpt = tmp_path / device
+        code, out, err = run(capsys, "train", "--model", "cnn", "--device", device, "--dataset", "cifar10",
+                             "--data-dir", str(cifar_dir), "--limit-train", "1", "--limit-test", "1", "--batch-size", "1",
+                             "--channels", "1,1,1", "--hidden", "2", "--epochs", "1", "--no-progress",
+                             "--checkpoint-dir", str(ckpt))
+        assert code == 0, err
+        assert f"engine: {device}" in err and "conv widths 1,1,1, hidden 2" in err and "final test accuracy" in out
+        from rawgpu import checkpoint
+
+        params[device], _, meta = checkpoint.load(ckpt)
+        assert meta["architecture"]["channels"] == [1, 1, 1] and params[device]["W1"].shape == (1, 3, 5, 5)
+    for name, value in params["numpy"].items():
+        scale = max(float(np.abs(value).max()), 1e-3)
+        assert np.abs(params["sim"][name] - value).max() <= 1e-4 * scale, name
 
 
 @pytest.mark.parametrize(
@@ -85,3 +119,6 @@ def test_memory_estimate_counts_the_seed_network():
     assert parts["gradients and velocities"] == 2 * parts["parameters"]
     # 64 images' activations: conv outputs and their gradients dominate (2 x 32 x 32 x 32 floats each)
     assert parts["activations"] > 64 * 2 * 32 * 32 * 32 * 4
+    narrow = memory.estimate_cnn(n_train=50_000, n_test=10_000, in_shape=(3, 32, 32), hidden=64, classes=10, batch_size=64,
+                                 channels=(4, 4, 8))
+    assert narrow["activations"] * 6 < parts["activations"] and narrow["parameters"] < parts["parameters"]

@@ -68,6 +68,26 @@ def test_conv2d_weight_grad_sums_bias_over_several_row_tiles(lane, rng):
     assert_close(lane.to_host(db), ref_db, what="conv2d bias grad")
 
 
+@pytest.mark.sim
+def test_fitted_tiles_compute_a_narrow_conv(lane, rng):
+    """The simulator's tiles cut to a narrow GEMM (conv.fitted): one output channel, two rows of
+    the weight gradient; still checked against the reference."""
+    cfg = conv.config(bm=8, bn=4, bk=8, tm=4, tn=4)
+    assert conv.fitted(cfg, 50, 1).tile_shape == (8, 1) and conv.fitted(cfg, 50, 1).block == (2, 1)
+    assert conv.fitted(cfg, 2, 27).tile_shape == (2, 4) and conv.fitted(cfg, 2, 27).block == (1, 1)
+    assert conv.fitted(cfg, 3, 3) == conv.config(bm=4, bn=4, bk=8, tm=4, tn=4)
+    assert conv.fitted(cfg, 100, 100) == cfg
+    x, w, b, dy = conv_case(rng, 2, 3, 5, 6, 1, 3, 1)  # 60 pixel rows x 1 channel; dW: 1 x 27
+    out = lane.to_device(poisoned(dy.shape))
+    conv.conv2d(lane.to_device(x), lane.to_device(w), lane.to_device(b), out, pad=1, cfg=conv.fitted(cfg, 60, 1))
+    assert_close(lane.to_host(out), reference.conv2d(x, w, b, pad=1), what="conv2d, fitted tiles")
+    dw, db = lane.to_device(poisoned(w.shape)), lane.to_device(poisoned(b.shape))
+    conv.conv2d_weight_grad(lane.to_device(x), lane.to_device(dy), dw, db, pad=1, cfg=conv.fitted(cfg, 1, 27))
+    ref_dw, ref_db = reference.conv2d_weight_grad(x, dy, 3, pad=1)
+    assert_close(lane.to_host(dw), ref_dw, what="conv2d weight grad, fitted tiles")
+    assert_close(lane.to_host(db), ref_db, what="conv2d bias grad, fitted tiles")
+
+
 def test_conv_launchers_refuse_bad_shapes():
     cfg = conv.sim_config()
     x, w, b = np.zeros((1, 3, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)

@@ -92,12 +92,19 @@ def _quietly(method):
     return launcher
 
 
-#: The CNN's kernels per engine: the conv implicit-GEMM tiles and the pool kernels' block size.
-#: The simulator's tiles are larger than the kernel tests' (conv.SIM_PARAMS): a network step
-#: launches eight convs, and the simulator's cost is per block and per barrier, not per flop.
+#: The CNN's kernels per engine: the tiles of the conv implicit GEMMs whose rows are pixels (the
+#: forward pass and the input gradient) and of the weight gradient (rows: output channels), and
+#: the pool kernels' block size. The simulator's tiles are its own: it runs every CUDA thread as a
+#: Python thread, so its cost is per thread and per barrier more than per flop: eight threads a
+#: block (Numba's block manager, polling them in a loop, takes less of the interpreter from eight
+#: than from one or four), each with a large tile of outputs, and a deep bk for few barriers. A
+#: training step of the CNN on two 3 x 32 x 32 images, conv widths 4, 4, 8, took 66 s with 12 x 8
+#: tiles of 4 x 4 per thread for all three GEMMs and 47 s with four threads a block; at widths
+#: 1, 1, 1, 32 s with four and 27 s with these. Cut further to fit narrow GEMMs: conv.fitted.
 CNN_LAUNCH = {
-    "cuda": {"conv": conv.config(), "pool_threads": 256},
-    "sim": {"conv": conv.config(bm=12, bn=8, bk=16, tm=4, tn=4), "pool_threads": 32},
+    "cuda": {"conv": conv.config(), "conv_weight_grad": conv.config(), "pool_threads": 256},
+    "sim": {"conv": conv.config(bm=64, bn=8, bk=64, tm=8, tn=8),
+            "conv_weight_grad": conv.config(bm=8, bn=64, bk=128, tm=8, tn=8), "pool_threads": 32},
 }
 
 
@@ -425,22 +432,28 @@ class KernelBackend:
 
     # --- the CNN's ops (kernels/conv.py, kernels/pool.py), each launch worked out once per shape
 
+    def _conv_tiles(self, key, rows, cols):
+        """The engine's tiles for a conv GEMM of ``rows`` x ``cols``; the simulator's cut to fit a
+        narrow side (conv.fitted: there a tile's rows and columns past the edge are real work)."""
+        cfg = CNN_LAUNCH[self.name][key]
+        return conv.fitted(cfg, rows, cols) if self.name == "sim" else cfg
+
     def conv2d(self, x, w, b, out, pad, relu):
         n, o, ho, wo = out.shape
         self._launch((x, w, b, out), conv.conv_launch, False, True, relu,
-                     CNN_LAUNCH[self.name]["conv"], n * ho * wo, o, self._stream(), scalars=(pad,))
+                     self._conv_tiles("conv", n * ho * wo, o), n * ho * wo, o, self._stream(), scalars=(pad,))
 
     def conv2d_input_grad(self, dy, w, dx, pad):
         n, c, h, wd = dx.shape
         # The flipped kernel's padding is K - 1 - pad; its bias argument is not read (a flat view of
         # dx stands in, so no buffer is made for it).
         self._launch((dy, w, dx.reshape(dx.size), dx), conv.conv_launch, True, False, False,
-                     CNN_LAUNCH[self.name]["conv"], n * h * wd, c, self._stream(), scalars=(w.shape[2] - 1 - pad,))
+                     self._conv_tiles("conv", n * h * wd, c), n * h * wd, c, self._stream(), scalars=(w.shape[2] - 1 - pad,))
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
         o, c, k, _ = dw.shape
         self._launch((x, dy, dw, db), conv.weight_grad_launch,
-                     CNN_LAUNCH[self.name]["conv"], o, c * k * k, self._stream(), scalars=(pad,))
+                     self._conv_tiles("conv_weight_grad", o, c * k * k), o, c * k * k, self._stream(), scalars=(pad,))
 
     def maxpool2x2(self, x, out, argmax):
         self._launch((x, out, argmax), pool.maxpool_launch, pool.maxpool2x2_kernel, out.size,
