@@ -21,7 +21,7 @@ kernel                rows (M)                 columns (N)                      
 ====================  =======================  ===============================  ================
 forward               output pixels (n, y, x)  output channels o                (c, i, j)
 input gradient        input pixels (n, h, w)   input channels c                 (o, i, j)
-weight gradient       output channels o        (c, i, j)                        pixels (n, y, x)
+weight gradient       taps (c, i, j)           output channels o                pixels (n, y, x)
 ====================  =======================  ===============================  ================
 
 * **forward** (``conv_kernel(flip=False, bias=True, relu)``): ``out = conv(x, w) + b``, the bias
@@ -33,11 +33,13 @@ weight gradient       output channels o        (c, i, j)                        
   flipped in both spatial axes and its channel axes swapped*: ``B[(o, i, j), c] = w[o, c, K-1-i,
   K-1-j]``. ``flip`` only changes how the B tile is read; nothing is copied or flipped in memory.
 * **weight gradient** (``weight_grad_kernel``): ``dw[o, c, i, j] = sum_{n,y,x} dy[n, o, y, x]
-  xpad[n, c, y + i, x + j]``, a *correlation of the input with the output gradient*: ``dy`` read
-  as an O x (N Ho Wo) matrix, times im2col of ``x`` as (N Ho Wo) x (C K K). The bias gradient
-  ``db[o] = sum dy[:, o]`` is summed from the ``dy`` tiles already in shared memory by the
-  blocks of the first column tile (each ``db[o]`` by one thread, in a fixed order: no atomics),
-  as kernels/fused.py does for the linear layers.
+  xpad[n, c, y + i, x + j]``, a *correlation of the input with the output gradient*: im2col of
+  ``x`` transposed, (C K K) x (N Ho Wo), times ``dy`` read as an (N Ho Wo) x O matrix. The bias
+  gradient ``db[o] = sum dy[:, o]`` is summed from the ``dy`` tiles already in shared memory by
+  the blocks of the first row tile (each ``db[o]`` by one thread, in a fixed order: no atomics),
+  as the linear layers' weight gradient does. Its depth is long and its output small (75 x 32
+  summed over 65,536 pixels for the first conv at batch 64: one tile), so the pixels are cut
+  into slices, one block each, that meet like the matmul's split-K.
 
 Who computes what. A block computes a ``bm x bn`` tile of the GEMM's output with
 ``(bm / tm) x (bn / tn)`` threads; thread ``(tx, ty)`` owns the ``tm x tn`` outputs at rows
@@ -47,7 +49,8 @@ the two pixel-row kernels rows are pixels, which NCHW keeps contiguous, so the s
 so do the tile loads, where consecutive threads walk consecutive pixels. Shared tiles are kept
 k-major (``As[k, row]``), so those loads and the inner product's reads hit distinct banks.
 Edges: rows, columns and K past the end load zeros and store nothing, so any N, C, O, H, W, K
-works with any tile. Row tiles sit on ``blockIdx.x`` (2**31 - 1 of them allowed).
+works with any tile. In the pixel-row kernels row tiles sit on ``blockIdx.x`` (2**31 - 1 of them
+allowed); the weight gradient's grid is (column tiles, row tiles, slices), as the matmul's.
 
 Compile-time constants (tiles, the flags) come from the cached factories below and ``config``;
 ``SIM_PARAMS`` are tiny tiles that divide nothing, for the simulator. The kernel size and the
@@ -58,11 +61,12 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 from numba import cuda, float32, int32, uint32
 
 from ._launch import Launch
 from .matmul._common import divides, jit, make_config
-from .matmul._tiles import outer_products
+from .matmul._tiles import column_sum_slots, column_sums, outer_products, slice_gatherer
 
 #: GPU tiles: 128 pixels x 32 channels, bk 8, 4 x 4 per thread = 32 x 8 = 256 threads, 5 KiB shared.
 DEFAULTS = {"bm": 128, "bn": 32, "bk": 8, "tm": 4, "tn": 4}
@@ -72,6 +76,11 @@ SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 5, "tm": 3, "tn": 2}
 #: matmul's 64 are not enough here: the im2col index arithmetic (pixel and kernel offsets, 64-bit
 #: divisions) spilled 48-184 bytes per thread on sm_90 at 64; at 3 blocks nothing spills.
 BLOCKS_PER_SM = 3
+#: The weight gradient's: 2 blocks, 128 registers. Its tile copy keeps each of its four im2col
+#: values' tap (three numbers) for the whole loop, and the slices' meeting point adds more: at 3
+#: blocks it spilled 440 bytes per thread on sm_90 (80 registers); at 2 it takes 110 with no
+#: spills, and with no bound at all 124, for the same 2 blocks per SM.
+WGRAD_BLOCKS_PER_SM = 2
 
 
 def _geometry(p):
@@ -249,103 +258,120 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
 
 
 @functools.lru_cache(maxsize=None)
-def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int):
-    """``kernel(img, dy, dw, db, pad)``: ``dw[o, c, i, j] = sum_{n,y,x} dy[n, o, y, x]
-    imgpad[n, c, y + i, x + j]`` and ``db[o] = sum dy[:, o]``. GEMM rows are output channels
-    ``o`` (``threadIdx.x``), columns ``(c, i, j)``, depth the output pixels ``(n, y, x)``."""
+def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int = 1):
+    """``kernel(img, dy, dw, db, pad, split)``: ``dw[o, c, i, j] = sum_{n,y,x} imgpad[n, c, y + i,
+    x + j] dy[n, o, y, x]`` and ``db[o] = sum dy[:, o]``.
+
+    The GEMM is ``C = A^T B``: rows are the taps ``t = (c, i, j)`` (``threadIdx.x``), columns the
+    output channels ``o``, depth the output pixels ``(n, y, x)``; ``A`` is im2col of ``img``
+    (pixels x taps), ``B`` is ``dy`` read as pixels x channels, and ``dw[o, c, i, j] = C[t, o]``.
+    Taps on the rows because there are more of them (75 to 800 at the seed's shapes) than output
+    channels (32 or 64): a 128-row tile of channels was three quarters empty. The bias gradient is
+    then the column sums of ``B``, summed by the blocks of the first row tile from the ``dy`` tiles
+    they already hold (kernels/matmul/_tiles.py's ``column_sums``, as for the linear layers).
+
+    The depth is long and the output small: at batch 64 the first conv's gradient is a 75 x 32
+    output summed over 65,536 pixels, one or two tiles. So the pixels are cut into ``splits``
+    slices, one per ``blockIdx.z``, that meet as in the matmul's split-K (``slice_gatherer``):
+    ``split`` is ``(ws, done)``, ``ws`` float32 (splits, taps + 1, O) and ``done`` int32 with a
+    zero per output tile, or ``()`` when ``splits`` is 1. Grid: (column tiles, row tiles, splits).
+    """
     threads_x, threads_y = bm // tm, bn // tn
     threads = threads_x * threads_y
     # Thread (tx, ty)'s rows tx + r * threads_x, columns ty + s * threads_y; As is k-major.
     steps = outer_products(bk, tm, tn, threads_x, threads_y, True)
+    add_sums, write_sums = column_sums(bk, bn, threads)
+    slots = column_sum_slots(bn, threads)
+    gather = slice_gatherer(bm, bn, tm, tn, threads_x, threads_y, threads, splits)
     loads_a = -(-(bk * bm) // threads)
     loads_b = -(-(bk * bn) // threads)
     even_a = (bk * bm) % threads == 0
     even_b = (bk * bn) % threads == 0
-    sum_rows = -(-bm // threads)  # tile rows (channels o) whose bias gradient one thread sums
 
-    @jit(threads, tm * tn, BLOCKS_PER_SM)
-    def conv_weight_grad(img, dy, dw, db, pad):
-        As = cuda.shared.array((bk, bm), float32)  # dy as (pixels, o), k-major
-        Bs = cuda.shared.array((bk, bn), float32)  # im2col of img, k-major
+    @jit(threads, tm * tn, WGRAD_BLOCKS_PER_SM)
+    def conv_weight_grad(img, dy, dw, db, pad, split):
+        As = cuda.shared.array((bk, bm), float32)  # im2col of img (pixels, taps), k-major
+        Bs = cuda.shared.array((bk, bn), float32)  # dy as (pixels, o)
+        last = cuda.shared.array(1, int32)
         acc = cuda.local.array((tm, tn), float32)
         a_reg = cuda.local.array(tm, float32)
         b_reg = cuda.local.array(tn, float32)
-        rowsum = cuda.local.array(sum_rows, float32)
-        n_img, c_in = img.shape[0], img.shape[1]
+        sums = cuda.local.array(slots, float32)
         c_out, h_out, w_out = dy.shape[1], dy.shape[2], dy.shape[3]
         kh, kw = dw.shape[2], dw.shape[3]
         plane = h_out * w_out
-        k_len = n_img * plane  # GEMM depth: output pixels
-        n_len = c_in * kh * kw  # GEMM columns: (c, i, j)
+        m_len = img.shape[1] * kh * kw  # GEMM rows: taps (c, i, j)
+        k_begin = 0
+        k_end = dy.shape[0] * plane  # GEMM depth: output pixels
+        if splits > 1:  # this block's slice of the pixels: whole bk-deep tiles, as even as they divide
+            per_slice = (-(-k_end // bk) + splits - 1) // splits * bk
+            k_begin = cuda.blockIdx.z * per_slice
+            k_end = min(k_end, k_begin + per_slice)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * threads_x + tx
-        row0 = cuda.blockIdx.x * bm
-        col0 = cuda.blockIdx.y * bn
-        sums_bias = cuda.blockIdx.y == 0  # the first column tile also sums db
+        col0 = cuda.blockIdx.x * bn
+        row0 = cuda.blockIdx.y * bm
+        first_rows = row0 == 0  # these blocks also sum the bias gradient
 
         for r in range(tm):
             for s in range(tn):
-                acc[r, s] = 0.0
-        for q in range(sum_rows):
-            rowsum[q] = 0.0
-        # Each B value this thread copies sits in a fixed tile column (its tap) at every step of
-        # K: the tap's (c, i, j) is worked out once, here, and only the pixel per step.
-        tap_c = cuda.local.array(loads_b, uint32)
-        tap_i = cuda.local.array(loads_b, uint32)
-        tap_j = cuda.local.array(loads_b, uint32)
-        for load in range(loads_b):
-            col = col0 + (tid + load * threads) // bk
-            tap_c[load], tap_i[load], tap_j[load] = _tap(col if col < n_len else 0, kh, kw)
-        for k0 in range(0, k_len, bk):
+                acc[r, s] = float32(0.0)
+        for q in range(slots):
+            sums[q] = float32(0.0)
+        # Each A value this thread copies sits in a fixed tile row (its tap) at every step of the
+        # depth: the tap's (c, i, j) is worked out once, here, and only the pixel per step.
+        tap_c = cuda.local.array(loads_a, uint32)
+        tap_i = cuda.local.array(loads_a, uint32)
+        tap_j = cuda.local.array(loads_a, uint32)
+        for load in range(loads_a):
+            t = row0 + (tid + load * threads) // bk
+            tap_c[load], tap_i[load], tap_j[load] = _tap(t if t < m_len else 0, kh, kw)
+        for k0 in range(k_begin, k_end, bk):
             # Both tiles walk the pixels k with consecutive threads: contiguous in NCHW.
             for load in range(loads_a):
                 idx = tid + load * threads
                 if even_a or idx < bk * bm:
                     mm = idx // bk
                     kk = idx - mm * bk
-                    o = row0 + mm
                     k = k0 + kk
                     v = float32(0.0)
-                    if o < c_out and k < k_len:
+                    if row0 + mm < m_len and k < k_end:
                         n, y, x = _pixel(k, plane, w_out)
-                        v = dy[n, o, y, x]
+                        v = _window_at(img, n, y, x, tap_c[load], tap_i[load], tap_j[load], pad)
                     As[kk, mm] = v
             for load in range(loads_b):
                 idx = tid + load * threads
                 if even_b or idx < bk * bn:
                     jj = idx // bk
                     kk = idx - jj * bk
-                    col = col0 + jj
+                    o = col0 + jj
                     k = k0 + kk
                     v = float32(0.0)
-                    if col < n_len and k < k_len:
+                    if o < c_out and k < k_end:
                         n, y, x = _pixel(k, plane, w_out)
-                        v = _window_at(img, n, y, x, tap_c[load], tap_i[load], tap_j[load], pad)
+                        v = dy[n, o, y, x]
                     Bs[kk, jj] = v
             cuda.syncthreads()
-            if sums_bias:  # the bias gradient, from the dy tile already here
-                for q in range(sum_rows):
-                    mm = tid + q * threads
-                    if mm < bm:
-                        for kk in range(bk):
-                            rowsum[q] += As[kk, mm]
+            if first_rows:  # the bias gradient, from the dy tile already here
+                add_sums(Bs, sums, tid)
             steps(As, Bs, tx, ty, acc, a_reg, b_reg)
             cuda.syncthreads()
 
-        for r in range(tm):
-            o = row0 + tx + r * threads_x
-            if o < c_out:
-                for s in range(tn):
-                    col = col0 + ty + s * threads_y
-                    if col < n_len:
-                        c, i, j = _tap(col, kh, kw)
-                        dw[o, c, i, j] = acc[r, s]
-        if sums_bias:
-            for q in range(sum_rows):
-                mm = tid + q * threads
-                if mm < bm and row0 + mm < c_out:
-                    db[row0 + mm] = rowsum[q]
+        finished = True
+        if splits > 1:
+            finished = gather(split, acc, sums, last, tid, tx, ty, row0, col0, first_rows)
+        if finished:
+            for r in range(tm):
+                t = row0 + tx + r * threads_x
+                if t < m_len:
+                    c, i, j = _tap(t, kh, kw)
+                    for s in range(tn):
+                        o = col0 + ty + s * threads_y
+                        if o < c_out:
+                            dw[o, c, i, j] = acc[r, s]
+            if first_rows:
+                write_sums(db, sums, tid, col0)
 
     return conv_weight_grad
 
@@ -368,13 +394,45 @@ def conv_launch(flip, bias, relu, cfg, rows, cols, stream=0):
     return Launch(conv_kernel(flip, bias, relu, **cfg.params), (-(-rows // bm), -(-cols // bn)), cfg.block, stream)
 
 
-def weight_grad_launch(cfg, c_out, cols, stream=0):
-    """The launch of :func:`weight_grad_kernel` for ``c_out`` x ``cols`` = (C K K) gradients."""
+def weight_grad_launch(cfg, c_out, taps, splits=1, stream=0):
+    """The launch of :func:`weight_grad_kernel` for ``taps`` = C K K by ``c_out`` gradients, the
+    pixels cut into ``splits`` slices; None when the output is empty."""
     _check_cfg(cfg)
-    if c_out == 0 or cols == 0:
+    if c_out == 0 or taps == 0:
         return None
     bm, bn = cfg.tile_shape
-    return Launch(weight_grad_kernel(**cfg.params), (-(-c_out // bm), -(-cols // bn)), cfg.block, stream)
+    return Launch(weight_grad_kernel(**cfg.params, splits=splits), (-(-c_out // bn), -(-taps // bm), splits), cfg.block, stream)
+
+
+#: The weight gradient's slices: at least this many pixels each (a few dozen bk-deep steps at the
+#: GPU's bk of 8), so that a slice's partial tile, written to the workspace and read back once,
+#: stays small beside the sum it saves; and at most this many slices.
+MIN_PIXELS_PER_SLICE = 256
+MAX_SPLITS = 128
+
+
+@functools.lru_cache(maxsize=None)
+def weight_grad_splits(cfg, c_out: int, taps: int, pixels: int, target_blocks: int) -> int:
+    """How many slices of the pixels the weight gradient takes so that its grid has about
+    ``target_blocks`` blocks (a GPU's: two per SM), each slice keeping at least
+    ``MIN_PIXELS_PER_SLICE`` pixels. At the seed's shapes, batch 64, and 264 blocks (an H100's 132
+    SMs, twice): conv1 (75 x 32 outputs, 65,536 pixels, one tile) 128 slices, conv2 (800 x 32,
+    16,384 pixels, 7 tiles) 38, conv3 (800 x 64, 4,096 pixels, 14 tiles) 16."""
+    bm, bn = cfg.tile_shape
+    tiles = -(-taps // bm) * -(-c_out // bn)
+    want = -(-int(target_blocks) // tiles)
+    most = max(1, int(pixels) // MIN_PIXELS_PER_SLICE)
+    return max(1, min(want, most, MAX_SPLITS))
+
+
+def weight_grad_workspace(cfg, c_out: int, taps: int, splits: int, xp=np):
+    """``(ws, done)`` for a weight gradient cut into ``splits`` slices, or ``()`` for one slice:
+    ``ws`` float32 (splits, taps + 1, c_out), the slices' partial tiles and (row ``taps``) bias
+    sums; ``done`` int32, one zero per output tile (every launch leaves them zero)."""
+    if splits == 1:
+        return ()
+    bm, bn = cfg.tile_shape
+    return xp.empty((splits, taps + 1, c_out), np.float32), xp.zeros(-(-taps // bm) * -(-c_out // bn), np.int32)
 
 
 def _out_size(h, k, pad):
@@ -427,15 +485,25 @@ def conv2d_input_grad(dy, w, dx, *, pad, cfg, stream=0) -> None:
         launch(dy, w, dx.reshape(dx.size), dx, k - 1 - pad)
 
 
-def conv2d_weight_grad(x, dy, dw, db, *, pad, cfg, stream=0) -> None:
+def conv2d_weight_grad(x, dy, dw, db, *, pad, cfg, stream=0, splits=1, workspace=()) -> None:
     """``dw = dL/dw`` (O, C, K, K) and ``db = dL/db`` (O,) of :func:`conv2d` from its input x and
-    ``dy = dL/dout``, in one launch."""
+    ``dy = dL/dout``, in one launch; the pixels cut into ``splits`` slices, which meet in
+    ``workspace``, from :func:`weight_grad_workspace`."""
     n, o, ho, wo = _check_conv(x, dw, pad, "x")
     _check_shape("dy", dy, (n, o, ho, wo))
     _check_shape("db", db, (o,))
-    launch = weight_grad_launch(cfg, o, x.shape[1] * dw.shape[2] * dw.shape[3], stream)
+    taps = x.shape[1] * dw.shape[2] * dw.shape[3]
+    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= 65535:
+        raise ValueError(f"splits: must be an integer in 1..65535 (CUDA's gridDim.z), got {splits!r}")
+    want = weight_grad_workspace(cfg, o, taps, splits)
+    got = tuple(workspace) if isinstance(workspace, (tuple, list)) else None
+    if got is None or len(got) != len(want) or any(
+            tuple(g.shape) != w.shape or g.dtype != w.dtype for g, w in zip(got, want)):
+        shapes = ", ".join(f"{w.dtype.name} {w.shape}" for w in want) or "nothing"
+        raise ValueError(f"workspace: {splits} slice(s) need ({shapes}); make it with conv.weight_grad_workspace(cfg, O, C*K*K, splits)")
+    launch = weight_grad_launch(cfg, o, taps, splits, stream)
     if launch is not None:
-        launch(x, dy, dw, db, pad)
+        launch(x, dy, dw, db, pad, tuple(workspace))
 
 
 # --- what rawgpu kernels compiles ------------------------------------------------------------
@@ -454,6 +522,6 @@ def compile_targets() -> list:
         CompileTarget("conv2d", f"{cfg.text()} + bias", conv_kernel(False, True, False, **cfg.params), sig, cfg.threads),
         CompileTarget("conv2d", f"{cfg.text()} + bias + relu", conv_kernel(False, True, True, **cfg.params), sig, cfg.threads),
         CompileTarget("conv2d_input_grad", f"{cfg.text()} flipped", conv_kernel(True, False, False, **cfg.params), sig, cfg.threads),
-        CompileTarget("conv2d_weight_grad", f"{cfg.text()} + bias grad", weight_grad_kernel(**cfg.params),
-                      f"void({_T4}, {_T4}, {_T4}, float32[::1], int64)", cfg.threads),
+        CompileTarget("conv2d_weight_grad", f"{cfg.text()} + bias grad, pixels in slices", weight_grad_kernel(**cfg.params, splits=32),
+                      f"void({_T4}, {_T4}, {_T4}, float32[::1], int64, Tuple((float32[:, :, ::1], int32[::1])))", cfg.threads),
     ]

@@ -70,8 +70,8 @@ def test_conv2d_weight_grad_sums_bias_over_several_row_tiles(lane, rng):
 
 @pytest.mark.sim
 def test_fitted_tiles_compute_a_narrow_conv(lane, rng):
-    """The simulator's tiles cut to a narrow GEMM (conv.fitted): one output channel, two rows of
-    the weight gradient; still checked against the reference."""
+    """The simulator's tiles cut to a narrow GEMM (conv.fitted): one output channel, the one column
+    of the forward pass and of the weight gradient; still checked against the reference."""
     cfg = conv.config(bm=8, bn=4, bk=8, tm=4, tn=4)
     assert conv.fitted(cfg, 50, 1).tile_shape == (8, 1) and conv.fitted(cfg, 50, 1).block == (2, 1)
     assert conv.fitted(cfg, 2, 27).tile_shape == (2, 4) and conv.fitted(cfg, 2, 27).block == (1, 1)
@@ -82,10 +82,48 @@ def test_fitted_tiles_compute_a_narrow_conv(lane, rng):
     conv.conv2d(lane.to_device(x), lane.to_device(w), lane.to_device(b), out, pad=1, cfg=conv.fitted(cfg, 60, 1))
     assert_close(lane.to_host(out), reference.conv2d(x, w, b, pad=1), what="conv2d, fitted tiles")
     dw, db = lane.to_device(poisoned(w.shape)), lane.to_device(poisoned(b.shape))
-    conv.conv2d_weight_grad(lane.to_device(x), lane.to_device(dy), dw, db, pad=1, cfg=conv.fitted(cfg, 1, 27))
+    conv.conv2d_weight_grad(lane.to_device(x), lane.to_device(dy), dw, db, pad=1, cfg=conv.fitted(cfg, 27, 1))
     ref_dw, ref_db = reference.conv2d_weight_grad(x, dy, 3, pad=1)
     assert_close(lane.to_host(dw), ref_dw, what="conv2d weight grad, fitted tiles")
     assert_close(lane.to_host(db), ref_db, what="conv2d bias grad, fitted tiles")
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("splits", [2, 3, 9])
+def test_conv2d_weight_grad_in_slices_of_the_pixels(lane, rng, splits):
+    """The pixels cut into slices that meet in the workspace (9 slices of 2 x 4 x 4 = 32 pixels,
+    seven bk-deep tiles at bk 5: two slices are empty): dw and db as the reference's, the workspace poisoned first, its
+    counters left zero, and the same bits at every run (the slices are added in a fixed order)."""
+    cfg = conv.sim_config()
+    x, w, b, dy = conv_case(rng, 2, 3, 4, 4, 5, 3, 1)
+    taps = 3 * 3 * 3
+    ws, done = conv.weight_grad_workspace(cfg, 5, taps, splits)
+    ws[...] = np.nan
+    workspace = (lane.to_device(ws), lane.to_device(done))
+    runs = []
+    for _ in range(2):
+        dw, db = lane.to_device(poisoned(w.shape)), lane.to_device(poisoned(b.shape))
+        conv.conv2d_weight_grad(lane.to_device(x), lane.to_device(dy), dw, db, pad=1, cfg=cfg, splits=splits, workspace=workspace)
+        runs.append((lane.to_host(dw).copy(), lane.to_host(db).copy()))
+    ref_dw, ref_db = reference.conv2d_weight_grad(x, dy, 3, pad=1)
+    assert_close(runs[0][0], ref_dw, what=f"conv2d weight grad, {splits} slices")
+    assert_close(runs[0][1], ref_db, what=f"conv2d bias grad, {splits} slices")
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+    assert not lane.to_host(workspace[1]).any()
+
+
+def test_conv_weight_grad_splits_and_workspace_are_checked():
+    cfg = conv.config()  # the GPU's: 128 x 32 tiles
+    assert [conv.weight_grad_splits(cfg, o, taps, 64 * hw, 264) for o, taps, hw in ((32, 75, 1024), (32, 800, 256), (64, 800, 64))] == [128, 38, 16]
+    assert conv.weight_grad_splits(cfg, 32, 75, 100, 264) == 1  # too few pixels to cut
+    assert conv.weight_grad_workspace(cfg, 32, 75, 1) == ()
+    ws, done = conv.weight_grad_workspace(cfg, 32, 75, 4)
+    assert ws.shape == (4, 76, 32) and done.shape == (1,) and not done.any()
+    x, w, b, dy = (np.zeros(s, np.float32) for s in ((1, 3, 5, 5), (4, 3, 3, 3), (4,), (1, 4, 5, 5)))
+    with pytest.raises(ValueError, match="workspace: 2 slice"):
+        conv.conv2d_weight_grad(x, dy, w, b, pad=1, cfg=conv.sim_config(), splits=2)
+    with pytest.raises(ValueError, match="splits: must be an integer"):
+        conv.conv2d_weight_grad(x, dy, w, b, pad=1, cfg=conv.sim_config(), splits=0)
 
 
 def test_conv_launchers_refuse_bad_shapes():

@@ -93,8 +93,9 @@ def _quietly(method):
 
 
 #: The CNN's kernels per engine: the tiles of the conv implicit GEMMs whose rows are pixels (the
-#: forward pass and the input gradient) and of the weight gradient (rows: output channels), and
-#: the pool kernels' block size. The simulator's tiles are its own: it runs every CUDA thread as a
+#: forward pass and the input gradient) and of the weight gradient (rows: the taps (c, i, j)), the
+#: blocks the weight gradient's slices of the pixels aim at (None: two per SM of the GPU), and the
+#: pool kernels' block size. The simulator's tiles are its own: it runs every CUDA thread as a
 #: Python thread, so its cost is per thread and per barrier more than per flop: eight threads a
 #: block (Numba's block manager, polling them in a loop, takes less of the interpreter from eight
 #: than from one or four), each with a large tile of outputs, and a deep bk for few barriers. A
@@ -102,9 +103,9 @@ def _quietly(method):
 #: tiles of 4 x 4 per thread for all three GEMMs and 47 s with four threads a block; at widths
 #: 1, 1, 1, 32 s with four and 27 s with these. Cut further to fit narrow GEMMs: conv.fitted.
 CNN_LAUNCH = {
-    "cuda": {"conv": conv.config(), "conv_weight_grad": conv.config(), "pool_threads": 256},
+    "cuda": {"conv": conv.config(), "conv_weight_grad": conv.config(), "wgrad_target_blocks": None, "pool_threads": 256},
     "sim": {"conv": conv.config(bm=64, bn=8, bk=64, tm=8, tn=8),
-            "conv_weight_grad": conv.config(bm=8, bn=64, bk=128, tm=8, tn=8), "pool_threads": 32},
+            "conv_weight_grad": conv.config(bm=64, bn=8, bk=128, tm=8, tn=8), "wgrad_target_blocks": 4, "pool_threads": 32},
 }
 
 
@@ -452,8 +453,27 @@ class KernelBackend:
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
         o, c, k, _ = dw.shape
-        self._launch((x, dy, dw, db), conv.weight_grad_launch,
-                     self._conv_tiles("conv_weight_grad", o, c * k * k), o, c * k * k, self._stream(), scalars=(pad,))
+        taps, pixels = c * k * k, dy.shape[0] * dy.shape[2] * dy.shape[3]
+        cfg = self._conv_tiles("conv_weight_grad", taps, o)
+        splits = conv.weight_grad_splits(cfg, o, taps, pixels, self._wgrad_target_blocks())
+        plan_args = (cfg, o, taps, splits, self._stream())
+        arrays = (x, dy, dw, db)
+        ready = self._ready.get((conv.weight_grad_launch, *plan_args, pad, *ids(arrays)))
+        if ready is None:
+            # One workspace per shape, as for split-K matmuls. The arrays are kept here: a view (what
+            # the kernel gets) does not keep its memory alive.
+            key = ("conv_split", cfg, o, taps, splits)
+            scratch = self._scratch.get(key)
+            if scratch is None:
+                scratch = self._scratch[key] = conv.weight_grad_workspace(cfg, o, taps, splits, self.xp)
+            ready = self._prepare(arrays, conv.weight_grad_launch, plan_args, (pad,), (tuple(map(self.views, scratch)),))
+        ready[0]()
+
+    def _wgrad_target_blocks(self):
+        """The blocks a conv weight gradient's grid aims at: two per SM on a GPU; in the simulator
+        a handful, so that its slices meet there too (kernels/conv.py, weight_grad_splits)."""
+        target = CNN_LAUNCH[self.name]["wgrad_target_blocks"]
+        return target if target is not None else 2 * self._gpu_identity()[1]
 
     def maxpool2x2(self, x, out, argmax):
         self._launch((x, out, argmax), pool.maxpool_launch, pool.maxpool2x2_kernel, out.size,
