@@ -72,15 +72,14 @@ from .matmul._tiles import column_sum_slots, column_sums, outer_products, slice_
 DEFAULTS = {"bm": 128, "bn": 32, "bk": 8, "tm": 4, "tn": 4}
 #: The simulator's: 2 x 2 = 4 threads, tiles that divide none of the tests' sizes.
 SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 5, "tm": 3, "tn": 2}
-#: ``launch_bounds``: 3 blocks of 256 threads per SM, a budget of 85 registers per thread. The
-#: matmul's 64 are not enough here: the im2col index arithmetic (pixel and kernel offsets, 64-bit
-#: divisions) spilled 48-184 bytes per thread on sm_90 at 64; at 3 blocks nothing spills.
-BLOCKS_PER_SM = 3
-#: The weight gradient's: 2 blocks, 128 registers. Its tile copy keeps each of its four im2col
-#: values' tap (three numbers) for the whole loop, and the slices' meeting point adds more: at 3
-#: blocks it spilled 440 bytes per thread on sm_90 (80 registers); at 2 it takes 110 with no
-#: spills, and with no bound at all 124, for the same 2 blocks per SM.
-WGRAD_BLOCKS_PER_SM = 2
+# No launch_bounds: as for the matmul's tiled rungs, ptxas does better left alone. The index
+# arithmetic of the tile copies is incremental (_next_tap, _next_pixel: the divisions by run-time
+# sizes happen once per thread, not at every step of K), which took the forward kernel's main loop
+# on sm_90 from 1,172 instructions for its 128 FFMA to 482 (FFMA 10.9% -> 26.6%), and the weight
+# gradient's from 1,062 to 515 (12.1% -> 24.9%). Bounded to 3 blocks per SM (85 registers) the
+# forward kernel then spilled 32 bytes, the weight gradient (which also keeps each value's tap
+# and meets its slices) 500; unbounded, ptxas takes 79 registers for the forward (3 blocks of 256
+# threads per SM) and 122 for the weight gradient (2 blocks), with no spills.
 
 
 def _geometry(p):
@@ -146,6 +145,38 @@ def _tap(k, kh, kw):
 
 
 @cuda.jit(device=True, inline="always")
+def _next_tap(c, i, j, dc, di, dj, kh, kw):
+    """The tap ``bk`` further along K than ``(c, i, j)``, given ``bk`` as a tap, ``(dc, di, dj) =
+    _tap(bk, kh, kw)``: an addition in the mixed radix (channel, kernel row, kernel column), with
+    one carry at most per digit (each digit of both is below its radix), instead of the two
+    divisions by run-time values of :func:`_tap` at every step of K."""
+    j = uint32(j + dj)
+    if j >= uint32(kw):
+        j -= uint32(kw)
+        i += uint32(1)
+    i = uint32(i + di)
+    if i >= uint32(kh):
+        i -= uint32(kh)
+        c += uint32(1)
+    return uint32(c + dc), i, j
+
+
+@cuda.jit(device=True, inline="always")
+def _next_pixel(n, y, x, dn, dy, dx, height, width):
+    """The output pixel ``bk`` rows further than ``(n, y, x)``, given ``(dn, dy, dx) = _pixel(bk,
+    height * width, width)``: :func:`_next_tap`'s addition, in the radix (image, row, column)."""
+    x = uint32(x + dx)
+    if x >= uint32(width):
+        x -= uint32(width)
+        y += uint32(1)
+    y = uint32(y + dy)
+    if y >= uint32(height):
+        y -= uint32(height)
+        n += uint32(1)
+    return uint32(n + dn), y, x
+
+
+@cuda.jit(device=True, inline="always")
 def _window_at(img, n, y, x, c, i, j, pad):
     """``im2col[(n, y, x), (c, i, j)]``: image ``img`` (zero-padded by ``pad``) under kernel offset
     ``(i, j)`` of channel ``c`` for output pixel ``(n, y, x)``; 0 where the window hangs over the
@@ -175,7 +206,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
     even_a = (bk * bm) % threads == 0
     even_b = (bk * bn) % threads == 0
 
-    @jit(threads, tm * tn, BLOCKS_PER_SM)
+    @jit(threads, tm * tn, None, bounded=False)
     def conv(img, w, b, out, pad):
         As = cuda.shared.array((bk, bm), float32)  # im2col rows, k-major
         Bs = cuda.shared.array((bk, bn), float32)
@@ -198,13 +229,27 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
             for s in range(tn):
                 acc[r, s] = 0.0
         # Each A value this thread copies sits in a fixed tile row (its pixel) at every step of K:
-        # the pixel's (n, y, x) is worked out once, here, and only the tap (c, i, j) per step.
+        # the pixel's (n, y, x) is worked out once, here. Its tap (c, i, j) moves bk along K at
+        # every step, and so does each B value's: worked out once, then advanced by _next_tap.
+        # (A tap's channel c reaching c_in is k reaching the end of K.)
         pix_n = cuda.local.array(loads_a, uint32)
         pix_y = cuda.local.array(loads_a, uint32)
         pix_x = cuda.local.array(loads_a, uint32)
+        a_c = cuda.local.array(loads_a, uint32)
+        a_i = cuda.local.array(loads_a, uint32)
+        a_j = cuda.local.array(loads_a, uint32)
+        b_c = cuda.local.array(loads_b, uint32)
+        b_i = cuda.local.array(loads_b, uint32)
+        b_j = cuda.local.array(loads_b, uint32)
+        dc, di, dj = _tap(bk, kh, kw)
         for load in range(loads_a):
-            m = row0 + (tid + load * threads) % bm
+            idx = tid + load * threads
+            m = row0 + idx % bm
             pix_n[load], pix_y[load], pix_x[load] = _pixel(m if m < m_len else 0, plane, w_out)
+            a_c[load], a_i[load], a_j[load] = _tap(idx // bm, kh, kw)
+        for load in range(loads_b):
+            idx = tid + load * threads
+            b_c[load], b_i[load], b_j[load] = _tap(idx - idx // bk * bk, kh, kw)
         for k0 in range(0, k_len, bk):
             # A tile: im2col, computed on the fly. Consecutive threads take consecutive pixels.
             for load in range(loads_a):
@@ -212,11 +257,11 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                 if even_a or idx < bk * bm:
                     kk = idx // bm
                     mm = idx - kk * bm
-                    k = k0 + kk
+                    c, i, j = a_c[load], a_i[load], a_j[load]
                     v = float32(0.0)
-                    if row0 + mm < m_len and k < k_len:
-                        c, i, j = _tap(k, kh, kw)
+                    if row0 + mm < m_len and c < uint32(c_in):  # (past either end, the tap stays put)
                         v = _window_at(img, pix_n[load], pix_y[load], pix_x[load], c, i, j, pad)
+                        a_c[load], a_i[load], a_j[load] = _next_tap(c, i, j, dc, di, dj, kh, kw)
                     As[kk, mm] = v
             # B tile: the weights, read in place (flipped and transposed by index when flip).
             for load in range(loads_b):
@@ -225,14 +270,14 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                     jj = idx // bk
                     kk = idx - jj * bk
                     col = col0 + jj
-                    k = k0 + kk
+                    c, i, j = b_c[load], b_i[load], b_j[load]
                     v = float32(0.0)
-                    if col < c_out and k < k_len:
-                        c, i, j = _tap(k, kh, kw)
+                    if col < c_out and c < uint32(c_in):
                         if flip:
                             v = w[c, col, kh - 1 - i, kw - 1 - j]
                         else:
                             v = w[col, c, i, j]
+                        b_c[load], b_i[load], b_j[load] = _next_tap(c, i, j, dc, di, dj, kh, kw)
                     Bs[kk, jj] = v
             cuda.syncthreads()
             steps(As, Bs, tx, ty, acc, a_reg, b_reg)
@@ -288,7 +333,7 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int 
     even_a = (bk * bm) % threads == 0
     even_b = (bk * bn) % threads == 0
 
-    @jit(threads, tm * tn, WGRAD_BLOCKS_PER_SM)
+    @jit(threads, tm * tn, None, bounded=False)
     def conv_weight_grad(img, dy, dw, db, pad, split):
         As = cuda.shared.array((bk, bm), float32)  # im2col of img (pixels, taps), k-major
         Bs = cuda.shared.array((bk, bn), float32)  # dy as (pixels, o)
@@ -324,9 +369,23 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int 
         tap_c = cuda.local.array(loads_a, uint32)
         tap_i = cuda.local.array(loads_a, uint32)
         tap_j = cuda.local.array(loads_a, uint32)
+        # And each value's pixel moves bk along the depth at every step: worked out once, then
+        # advanced by _next_pixel (no division by the image's run-time sizes in the loop).
+        a_n = cuda.local.array(loads_a, uint32)
+        a_y = cuda.local.array(loads_a, uint32)
+        a_x = cuda.local.array(loads_a, uint32)
+        b_n = cuda.local.array(loads_b, uint32)
+        b_y = cuda.local.array(loads_b, uint32)
+        b_x = cuda.local.array(loads_b, uint32)
+        dn, dyy, dxx = _pixel(bk, plane, w_out)
         for load in range(loads_a):
-            t = row0 + (tid + load * threads) // bk
+            idx = tid + load * threads
+            t = row0 + idx // bk
             tap_c[load], tap_i[load], tap_j[load] = _tap(t if t < m_len else 0, kh, kw)
+            a_n[load], a_y[load], a_x[load] = _pixel(k_begin + idx % bk, plane, w_out)
+        for load in range(loads_b):
+            idx = tid + load * threads
+            b_n[load], b_y[load], b_x[load] = _pixel(k_begin + idx % bk, plane, w_out)
         for k0 in range(k_begin, k_end, bk):
             # Both tiles walk the pixels k with consecutive threads: contiguous in NCHW.
             for load in range(loads_a):
@@ -334,11 +393,11 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int 
                 if even_a or idx < bk * bm:
                     mm = idx // bk
                     kk = idx - mm * bk
-                    k = k0 + kk
+                    n, y, x = a_n[load], a_y[load], a_x[load]
                     v = float32(0.0)
-                    if row0 + mm < m_len and k < k_end:
-                        n, y, x = _pixel(k, plane, w_out)
+                    if row0 + mm < m_len and k0 + kk < k_end:  # (past either end, the pixel stays put)
                         v = _window_at(img, n, y, x, tap_c[load], tap_i[load], tap_j[load], pad)
+                        a_n[load], a_y[load], a_x[load] = _next_pixel(n, y, x, dn, dyy, dxx, h_out, w_out)
                     As[kk, mm] = v
             for load in range(loads_b):
                 idx = tid + load * threads
@@ -346,11 +405,11 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int 
                     jj = idx // bk
                     kk = idx - jj * bk
                     o = col0 + jj
-                    k = k0 + kk
+                    n, y, x = b_n[load], b_y[load], b_x[load]
                     v = float32(0.0)
-                    if o < c_out and k < k_end:
-                        n, y, x = _pixel(k, plane, w_out)
+                    if o < c_out and k0 + kk < k_end:
                         v = dy[n, o, y, x]
+                        b_n[load], b_y[load], b_x[load] = _next_pixel(n, y, x, dn, dyy, dxx, h_out, w_out)
                     Bs[kk, jj] = v
             cuda.syncthreads()
             if first_rows:  # the bias gradient, from the dy tile already here

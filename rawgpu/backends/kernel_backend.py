@@ -96,16 +96,18 @@ def _quietly(method):
 #: forward pass and the input gradient) and of the weight gradient (rows: the taps (c, i, j)), the
 #: blocks the weight gradient's slices of the pixels aim at (None: two per SM of the GPU), and the
 #: pool kernels' block size. The simulator's tiles are its own: it runs every CUDA thread as a
-#: Python thread, so its cost is per thread and per barrier more than per flop: eight threads a
-#: block (Numba's block manager, polling them in a loop, takes less of the interpreter from eight
-#: than from one or four), each with a large tile of outputs, and a deep bk for few barriers. A
-#: training step of the CNN on two 3 x 32 x 32 images, conv widths 4, 4, 8, took 66 s with 12 x 8
-#: tiles of 4 x 4 per thread for all three GEMMs and 47 s with four threads a block; at widths
-#: 1, 1, 1, 32 s with four and 27 s with these. Cut further to fit narrow GEMMs: conv.fitted.
+#: Python thread, so its cost is per thread, per barrier and per index computed more than per
+#: flop: eight threads a block (Numba's block manager, polling them in a loop, takes less of the
+#: interpreter from eight than from one or four), each with a large tile of outputs, and few
+#: barriers. Measured on 2 cores: a training step of the CNN on two 3 x 32 x 32 images, conv
+#: widths 4, 4, 8, took 66 s with 12 x 8 tiles of 4 x 4 per thread for all three GEMMs and 47 s
+#: with four threads a block; at widths 1, 1, 1, 32 s with four and 27 s with eight. The depths
+#: (bk 32 and 64, not 64 and 128) took the CLI test of the CNN in the simulator from 34 s to 29 s
+#: once the tile copies kept their indexes incrementally. Cut further to fit narrow GEMMs: conv.fitted.
 CNN_LAUNCH = {
     "cuda": {"conv": conv.config(), "conv_weight_grad": conv.config(), "wgrad_target_blocks": None, "pool_threads": 256},
-    "sim": {"conv": conv.config(bm=64, bn=8, bk=64, tm=8, tn=8),
-            "conv_weight_grad": conv.config(bm=64, bn=8, bk=128, tm=8, tn=8), "wgrad_target_blocks": 4, "pool_threads": 32},
+    "sim": {"conv": conv.config(bm=64, bn=8, bk=32, tm=8, tn=8),
+            "conv_weight_grad": conv.config(bm=64, bn=8, bk=64, tm=8, tn=8), "wgrad_target_blocks": 4, "pool_threads": 32},
 }
 
 
