@@ -792,10 +792,16 @@ def test_whatever_follows_a_ctrl_c_is_reported_as_the_interruption(capsys, monke
         return 0
 
     monkeypatch.setattr(cli, "_train", train)
-    before = signal.getsignal(signal.SIGINT)
-    code, _, err = run(capsys, "train", *SAMPLE)
-    assert code == 130 and err.strip() == "rawgpu: interrupted", err
-    assert handlers[0] is not before and signal.getsignal(signal.SIGINT) is before  # put back afterwards
+    # Python's own Ctrl-C handler to start from: pytest started in the background ('&', nohup)
+    # inherits Ctrl-C ignored, and the command then rightly leaves it ignored (the test below).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err = run(capsys, "train", *SAMPLE)
+        assert code == 130 and err.strip() == "rawgpu: interrupted", err
+        assert handlers[0] is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back afterwards
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_where_ctrl_c_is_ignored_the_command_leaves_it_ignored(capsys, monkeypatch):
