@@ -145,10 +145,11 @@ def gib(n: int) -> str:
 
 
 def check_fits(parts: dict, *, engine: str, hidden: int, batch_size: int, available_engine: int | None, available_host: int | None,
-               data: str | None = None) -> None:
+               data: str | None = None, channels=None) -> None:
     """Raise :class:`MemoryEstimateError` when the run cannot fit where it will run. Where the
     dataset is the largest part, the message names ``data`` (where it came from) and the flags
-    that take part of it, not --hidden."""
+    that take part of it, not --hidden; ``channels``, the CNN's conv widths, is named with the
+    network's other sizes."""
     on_engine = sum(v for k, v in parts.items() if k != "host staging")
     host_need = parts["host staging"] + (on_engine if engine != "cuda" else 0)
     checks = [("host memory", host_need, available_host)]
@@ -164,8 +165,9 @@ def check_fits(parts: dict, *, engine: str, hidden: int, batch_size: int, availa
                     f"dataset ({data or 'its images'}), {gib(parts[biggest])} on the engine: train on part of it with "
                     f"--limit-train/--limit-test, or use a machine with more memory"
                 )
+            widths = f"--channels {','.join(map(str, channels))}, " if channels is not None else ""
             raise MemoryEstimateError(
                 f"this run needs about {gib(need)} of {where} but {gib(have)} is available "
-                f"(the largest part: {biggest}, {gib(parts[biggest])}, with --hidden {hidden} and --batch-size {batch_size}); "
-                f"lower --hidden or --batch-size"
+                f"(the largest part: {biggest}, {gib(parts[biggest])}, with {widths}--hidden {hidden} and --batch-size {batch_size}); "
+                f"lower {'--channels, ' if channels is not None else ''}--hidden or --batch-size"
             )

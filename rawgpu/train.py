@@ -279,6 +279,7 @@ def _check_memory(eng, dataset, config: "TrainConfig", in_features: int) -> None
         parts, engine=eng.name, hidden=config.hidden, batch_size=config.batch_size,
         available_engine=memory.device_available(eng.xp) if eng.is_device else None,
         available_host=memory.host_available(), data=getattr(dataset, "source", None),
+        channels=config.channels if config.model == "cnn" else None,
     )
 
 

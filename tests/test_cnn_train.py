@@ -77,6 +77,11 @@ def test_channels_are_refused_for_the_mlp_and_checked(capsys):
         assert code == 2 and "--channels" in err and "three conv widths" in err, (bad, err)
 
 
+def test_conv_widths_that_cannot_fit_are_refused_naming_the_flag(capsys):
+    code, _, err = run(capsys, "train", "--model", "cnn", "--device", "numpy", "--dataset", "sample", "--channels", "100000,100000,100000")
+    assert_short_error(code, err, "--channels 100000,100000,100000", "lower --channels, --hidden or --batch-size")
+
+
 @pytest.mark.sim
 def test_cnn_trains_in_the_simulator_on_a_tiny_subset_of_cifar_files(capsys, cifar_dir, tmp_path):
     """The CLI's CNN in the simulator, on CIFAR-10-format files at their real 3 x 32 x 32 size:
