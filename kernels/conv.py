@@ -73,7 +73,7 @@ DEFAULTS = {"bm": 128, "bn": 32, "bk": 8, "tm": 4, "tn": 4}
 #: The simulator's: 2 x 2 = 4 threads, tiles that divide none of the tests' sizes.
 SIM_PARAMS = {"bm": 6, "bn": 4, "bk": 5, "tm": 3, "tn": 2}
 # No launch_bounds: as for the matmul's tiled rungs, ptxas does better left alone. The index
-# arithmetic of the tile copies is incremental (_next_tap, _next_pixel: the divisions by run-time
+# arithmetic of the tile copies is incremental (_advance: the divisions by run-time
 # sizes happen once per thread, not at every step of K), which took the forward kernel's main loop
 # on sm_90 from 1,172 instructions for its 128 FFMA to 482 (FFMA 10.9% -> 26.6%), and the weight
 # gradient's from 1,062 to 515 (12.1% -> 24.9%). Bounded to 3 blocks per SM (85 registers) the
@@ -145,35 +145,24 @@ def _tap(k, kh, kw):
 
 
 @cuda.jit(device=True, inline="always")
-def _next_tap(c, i, j, dc, di, dj, kh, kw):
-    """The tap ``bk`` further along K than ``(c, i, j)``, given ``bk`` as a tap, ``(dc, di, dj) =
-    _tap(bk, kh, kw)``: an addition in the mixed radix (channel, kernel row, kernel column), with
-    one carry at most per digit (each digit of both is below its radix), instead of the two
-    divisions by run-time values of :func:`_tap` at every step of K."""
-    j = uint32(j + dj)
-    if j >= uint32(kw):
-        j -= uint32(kw)
-        i += uint32(1)
-    i = uint32(i + di)
-    if i >= uint32(kh):
-        i -= uint32(kh)
-        c += uint32(1)
-    return uint32(c + dc), i, j
+def _advance(hi, mid, lo, d_hi, d_mid, d_lo, mid_radix, lo_radix):
+    """``(hi, mid, lo) + (d_hi, d_mid, d_lo)`` in the mixed radix (any, ``mid_radix``,
+    ``lo_radix``), every digit of both below its radix, so one carry at most per digit.
 
-
-@cuda.jit(device=True, inline="always")
-def _next_pixel(n, y, x, dn, dy, dx, height, width):
-    """The output pixel ``bk`` rows further than ``(n, y, x)``, given ``(dn, dy, dx) = _pixel(bk,
-    height * width, width)``: :func:`_next_tap`'s addition, in the radix (image, row, column)."""
-    x = uint32(x + dx)
-    if x >= uint32(width):
-        x -= uint32(width)
-        y += uint32(1)
-    y = uint32(y + dy)
-    if y >= uint32(height):
-        y -= uint32(height)
-        n += uint32(1)
-    return uint32(n + dn), y, x
+    A tile copy's tap ``(c, i, j)`` (radix: kernel rows, kernel columns) or pixel ``(n, y, x)``
+    (radix: image rows, image columns) moved ``bk`` along the GEMM's depth, given ``bk`` in the
+    same radix (``_tap(bk, ...)`` or ``_pixel(bk, ...)``, worked out once): a few adds and
+    compares instead of the two divisions by run-time sizes that :func:`_tap` and :func:`_pixel`
+    cost at every step."""
+    lo = uint32(lo + d_lo)
+    if lo >= uint32(lo_radix):
+        lo -= uint32(lo_radix)
+        mid += uint32(1)
+    mid = uint32(mid + d_mid)
+    if mid >= uint32(mid_radix):
+        mid -= uint32(mid_radix)
+        hi += uint32(1)
+    return uint32(hi + d_hi), mid, lo
 
 
 @cuda.jit(device=True, inline="always")
@@ -230,7 +219,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                 acc[r, s] = 0.0
         # Each A value this thread copies sits in a fixed tile row (its pixel) at every step of K:
         # the pixel's (n, y, x) is worked out once, here. Its tap (c, i, j) moves bk along K at
-        # every step, and so does each B value's: worked out once, then advanced by _next_tap.
+        # every step, and so does each B value's: worked out once, then advanced by _advance.
         # (A tap's channel c reaching c_in is k reaching the end of K.)
         pix_n = cuda.local.array(loads_a, uint32)
         pix_y = cuda.local.array(loads_a, uint32)
@@ -261,7 +250,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                     v = float32(0.0)
                     if row0 + mm < m_len and c < uint32(c_in):  # (past either end, the tap stays put)
                         v = _window_at(img, pix_n[load], pix_y[load], pix_x[load], c, i, j, pad)
-                        a_c[load], a_i[load], a_j[load] = _next_tap(c, i, j, dc, di, dj, kh, kw)
+                        a_c[load], a_i[load], a_j[load] = _advance(c, i, j, dc, di, dj, kh, kw)
                     As[kk, mm] = v
             # B tile: the weights, read in place (flipped and transposed by index when flip).
             for load in range(loads_b):
@@ -277,7 +266,7 @@ def conv_kernel(flip: bool, bias: bool, relu: bool, bm: int, bn: int, bk: int, t
                             v = w[c, col, kh - 1 - i, kw - 1 - j]
                         else:
                             v = w[col, c, i, j]
-                        b_c[load], b_i[load], b_j[load] = _next_tap(c, i, j, dc, di, dj, kh, kw)
+                        b_c[load], b_i[load], b_j[load] = _advance(c, i, j, dc, di, dj, kh, kw)
                     Bs[kk, jj] = v
             cuda.syncthreads()
             steps(As, Bs, tx, ty, acc, a_reg, b_reg)
@@ -365,12 +354,12 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int 
         for q in range(slots):
             sums[q] = float32(0.0)
         # Each A value this thread copies sits in a fixed tile row (its tap) at every step of the
-        # depth: the tap's (c, i, j) is worked out once, here, and only the pixel per step.
+        # depth: the tap's (c, i, j) is worked out once, here.
         tap_c = cuda.local.array(loads_a, uint32)
         tap_i = cuda.local.array(loads_a, uint32)
         tap_j = cuda.local.array(loads_a, uint32)
         # And each value's pixel moves bk along the depth at every step: worked out once, then
-        # advanced by _next_pixel (no division by the image's run-time sizes in the loop).
+        # advanced by _advance (no division by the image's run-time sizes in the loop).
         a_n = cuda.local.array(loads_a, uint32)
         a_y = cuda.local.array(loads_a, uint32)
         a_x = cuda.local.array(loads_a, uint32)
@@ -397,7 +386,7 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int 
                     v = float32(0.0)
                     if row0 + mm < m_len and k0 + kk < k_end:  # (past either end, the pixel stays put)
                         v = _window_at(img, n, y, x, tap_c[load], tap_i[load], tap_j[load], pad)
-                        a_n[load], a_y[load], a_x[load] = _next_pixel(n, y, x, dn, dyy, dxx, h_out, w_out)
+                        a_n[load], a_y[load], a_x[load] = _advance(n, y, x, dn, dyy, dxx, h_out, w_out)
                     As[kk, mm] = v
             for load in range(loads_b):
                 idx = tid + load * threads
@@ -409,7 +398,7 @@ def weight_grad_kernel(bm: int, bn: int, bk: int, tm: int, tn: int, splits: int 
                     v = float32(0.0)
                     if o < c_out and k0 + kk < k_end:
                         v = dy[n, o, y, x]
-                        b_n[load], b_y[load], b_x[load] = _next_pixel(n, y, x, dn, dyy, dxx, h_out, w_out)
+                        b_n[load], b_y[load], b_x[load] = _advance(n, y, x, dn, dyy, dxx, h_out, w_out)
                     Bs[kk, jj] = v
             cuda.syncthreads()
             if first_rows:  # the bias gradient, from the dy tile already here
