@@ -66,6 +66,7 @@ from numba import cuda, float32, int32, uint32
 
 from ._launch import Launch
 from .matmul._common import divides, jit, make_config
+from .matmul import splitk
 from .matmul._tiles import column_sum_slots, column_sums, outer_products, slice_gatherer
 
 #: GPU tiles: 128 pixels x 32 channels, bk 8, 4 x 4 per thread = 32 x 8 = 256 threads, 5 KiB shared.
@@ -473,14 +474,21 @@ def weight_grad_splits(cfg, c_out: int, taps: int, pixels: int, target_blocks: i
     return max(1, min(want, most, MAX_SPLITS))
 
 
-def weight_grad_workspace(cfg, c_out: int, taps: int, splits: int, xp=np):
-    """``(ws, done)`` for a weight gradient cut into ``splits`` slices, or ``()`` for one slice:
-    ``ws`` float32 (splits, taps + 1, c_out), the slices' partial tiles and (row ``taps``) bias
-    sums; ``done`` int32, one zero per output tile (every launch leaves them zero)."""
+def weight_grad_workspace_shapes(cfg, c_out: int, taps: int, splits: int) -> tuple:
+    """The shapes of ``(ws, done)`` for a weight gradient cut into ``splits`` slices, ``()`` for
+    one slice. They are split-K's for the ``taps x c_out`` product (kernels/matmul/splitk.py):
+    ``ws`` float32 (splits, taps + 1, c_out), the slices' partial tiles and (row ``taps``) their
+    bias sums; ``done`` int32, one counter per output tile."""
     if splits == 1:
         return ()
-    bm, bn = cfg.tile_shape
-    return xp.empty((splits, taps + 1, c_out), np.float32), xp.zeros(-(-taps // bm) * -(-c_out // bn), np.int32)
+    return (splits, taps + 1, c_out), splitk.counter_shape(cfg, taps, c_out)
+
+
+def weight_grad_workspace(cfg, c_out: int, taps: int, splits: int, xp=np):
+    """``(ws, done)`` of :func:`weight_grad_workspace_shapes`, made with the array module ``xp``;
+    ``done`` starts at zero, and every launch leaves it zero."""
+    shapes = weight_grad_workspace_shapes(cfg, c_out, taps, splits)
+    return (xp.empty(shapes[0], np.float32), xp.zeros(shapes[1], np.int32)) if shapes else ()
 
 
 def _out_size(h, k, pad):
@@ -543,11 +551,11 @@ def conv2d_weight_grad(x, dy, dw, db, *, pad, cfg, stream=0, splits=1, workspace
     taps = x.shape[1] * dw.shape[2] * dw.shape[3]
     if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= 65535:
         raise ValueError(f"splits: must be an integer in 1..65535 (CUDA's gridDim.z), got {splits!r}")
-    want = weight_grad_workspace(cfg, o, taps, splits)
+    want = tuple(zip(weight_grad_workspace_shapes(cfg, o, taps, splits), (np.float32, np.int32)))
     got = tuple(workspace) if isinstance(workspace, (tuple, list)) else None
     if got is None or len(got) != len(want) or any(
-            tuple(g.shape) != w.shape or g.dtype != w.dtype for g, w in zip(got, want)):
-        shapes = ", ".join(f"{w.dtype.name} {w.shape}" for w in want) or "nothing"
+            tuple(getattr(g, "shape", ())) != shape or getattr(g, "dtype", None) != dtype for g, (shape, dtype) in zip(got, want)):
+        shapes = ", ".join(f"{np.dtype(dtype).name} {shape}" for shape, dtype in want) or "nothing"
         raise ValueError(f"workspace: {splits} slice(s) need ({shapes}); make it with conv.weight_grad_workspace(cfg, O, C*K*K, splits)")
     launch = weight_grad_launch(cfg, o, taps, splits, stream)
     if launch is not None:

@@ -454,21 +454,24 @@ class KernelBackend:
                      self._conv_tiles("conv", n * h * wd, c), n * h * wd, c, self._stream(), scalars=(w.shape[2] - 1 - pad,))
 
     def conv2d_weight_grad(self, x, dy, dw, db, pad):
-        o, c, k, _ = dw.shape
-        taps, pixels = c * k * k, dy.shape[0] * dy.shape[2] * dy.shape[3]
-        cfg = self._conv_tiles("conv_weight_grad", taps, o)
-        splits = conv.weight_grad_splits(cfg, o, taps, pixels, self._wgrad_target_blocks())
-        plan_args = (cfg, o, taps, splits, self._stream())
+        # Found again by the stream, the padding and the arrays alone, as the step's products are
+        # (_product): the same arrays have the same shapes, so the same tiles, slices and workspace.
         arrays = (x, dy, dw, db)
-        ready = self._ready.get((conv.weight_grad_launch, *plan_args, pad, *ids(arrays)))
+        stream = self._stream()
+        ready = self._ready.get(("conv_weight_grad", stream, pad, *ids(arrays)))
         if ready is None:
+            o, c, k, _ = dw.shape
+            taps, pixels = c * k * k, dy.shape[0] * dy.shape[2] * dy.shape[3]
+            cfg = self._conv_tiles("conv_weight_grad", taps, o)
+            splits = conv.weight_grad_splits(cfg, o, taps, pixels, self._wgrad_target_blocks())
             # One workspace per shape, as for split-K matmuls. The arrays are kept here: a view (what
             # the kernel gets) does not keep its memory alive.
             key = ("conv_split", cfg, o, taps, splits)
             scratch = self._scratch.get(key)
             if scratch is None:
                 scratch = self._scratch[key] = conv.weight_grad_workspace(cfg, o, taps, splits, self.xp)
-            ready = self._prepare(arrays, conv.weight_grad_launch, plan_args, (pad,), (tuple(map(self.views, scratch)),))
+            ready = self._prepare(arrays, conv.weight_grad_launch, (cfg, o, taps, splits, stream), (pad,),
+                                  (tuple(map(self.views, scratch)),), ready_key=("conv_weight_grad", stream, pad))
         ready[0]()
 
     def _wgrad_target_blocks(self):
